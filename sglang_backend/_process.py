@@ -1,0 +1,299 @@
+"""One launched process tree: spawn, log draining, readiness, bounded stop.
+
+:class:`ServerProcess` is a single incarnation of a server (or router) process. It knows
+nothing about idle stops or relaunches — :mod:`sglang_backend.server` owns that state
+machine — but it guarantees the low-level rules:
+
+* spawned with ``asyncio.create_subprocess_exec`` (argv, never a shell) in its own session,
+  registered with the orphan reaper before anything else can happen;
+* stdout and stderr drained continuously into ``logging`` and a bounded ring buffer (a full
+  pipe never blocks the server), with the API key masked;
+* readiness = the ready line in the log, or the health endpoint answering 200, whichever comes
+  first, while the process is watched (an exit fails the wait at once);
+* stop = SIGTERM to the group → grace → SIGKILL of the group and every descendant collected
+  beforehand (children of a dead parent are re-parented, so they are collected first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import psutil
+
+from . import _http
+from ._reaper import reaper
+from .errors import LaunchCommandNotFoundError, ServerStartError, ServerStartTimeout
+
+__all__ = ["Phase", "ServerProcess", "collect_tree", "kill_tree"]
+
+logger = logging.getLogger("sglang_backend.server")
+T = TypeVar("T")
+
+READY_LINE = "The server is fired up and ready to roll!"
+LOG_TAIL_LINES = 20
+_RING_SIZE = 200
+_STREAM_LIMIT = 1 << 20  # SGLang's server_args line can be several KiB
+
+# Startup phases read from SGLang's log (wording varies by version; a miss only loses detail).
+_PHASES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"server_args=|ServerArgs\("), "parsing_args"),
+    (re.compile(r"Load weight begin|Loading weights|Load weight"), "loading_weights"),
+    (re.compile(r"KV Cache is allocated|Memory pool end|max_total_num_tokens="), "allocating_kv_cache"),
+    (re.compile(r"Capture cuda graph begin|Capture cuda graph|Capturing batches"), "capturing_cuda_graphs"),
+    (re.compile(r"Uvicorn running on|Application startup complete"), "warming_up"),
+    (re.compile(re.escape(READY_LINE)), "ready"),
+)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A startup phase seen in the server's log."""
+
+    name: str
+    line: str
+    elapsed: float
+
+
+def collect_tree(pid: int) -> list[psutil.Process]:
+    """The process and all its descendants (blocking: run in a thread)."""
+    try:
+        proc = psutil.Process(pid)
+        return [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def kill_tree(pgid: int, processes: Sequence[psutil.Process]) -> None:
+    """SIGKILL a process group and each listed process still alive (blocking: run in a thread)."""
+    with contextlib.suppress(OSError):
+        os.killpg(pgid, signal.SIGKILL)
+    for proc in processes:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+
+
+@dataclass
+class ServerProcess:
+    """A launched process tree. Create with :meth:`spawn`."""
+
+    command: list[str]
+    masked_command: list[str]
+    proc: asyncio.subprocess.Process
+    secret: str | None
+    on_phase: Callable[[Phase], None] | None = None
+    ring: deque[str] = field(default_factory=lambda: deque(maxlen=_RING_SIZE))
+    ready_seen: asyncio.Event = field(default_factory=asyncio.Event)
+    started_at: float = field(default_factory=time.monotonic)
+    _readers: list[asyncio.Task[None]] = field(default_factory=list)
+    _exit: asyncio.Task[int] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    @property
+    def exited(self) -> asyncio.Task[int]:
+        """A task that completes with the return code when the process exits."""
+        assert self._exit is not None
+        return self._exit
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> list[str]:
+        return list(self.ring)[-lines:]
+
+    @classmethod
+    async def spawn(
+        cls,
+        command: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        secret: str | None = None,
+        on_phase: Callable[[Phase], None] | None = None,
+        name: str = "server",
+    ) -> ServerProcess:
+        """Start ``command`` in a new session and begin draining its output."""
+        command = list(command)
+        masked = [mask(arg, secret) for arg in command]
+        await _ensure_reaper()
+        full_env = dict(os.environ)
+        full_env.setdefault("PYTHONUNBUFFERED", "1")
+        if env:
+            full_env.update(env)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+                env=full_env,
+                limit=_STREAM_LIMIT,
+            )
+        except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+            raise LaunchCommandNotFoundError(
+                f"cannot run the {name} launch command {command[0]!r}: {exc.strerror}",
+                command=masked,
+            ) from None
+        reaper.watch(proc.pid)
+        self = cls(command=command, masked_command=masked, proc=proc, secret=secret,
+                   on_phase=on_phase)
+        self._exit = asyncio.ensure_future(proc.wait())
+        self._readers = [
+            asyncio.ensure_future(self._drain(proc.stdout, logging.DEBUG)),
+            asyncio.ensure_future(self._drain(proc.stderr, logging.INFO)),
+        ]
+        logger.info("launched %s pid %d: %s", name, proc.pid, " ".join(masked))
+        return self
+
+    async def _drain(self, stream: asyncio.StreamReader | None, level: int) -> None:
+        if stream is None:
+            return
+        pid = self.proc.pid
+        while True:
+            try:
+                raw = await stream.readline()
+            except ValueError:  # a line over the limit: take what is buffered
+                raw = await stream.read(_STREAM_LIMIT)
+            if not raw:
+                return
+            line = mask(raw.decode("utf-8", "replace").rstrip(), self.secret)
+            self.ring.append(line)
+            logger.log(level, "[pid %d] %s", pid, line)
+            if READY_LINE in line:
+                self.ready_seen.set()
+            if self.on_phase is not None:
+                for pattern, phase in _PHASES:
+                    if pattern.search(line):
+                        self.on_phase(Phase(phase, line, time.monotonic() - self.started_at))
+                        break
+
+    async def wait_output_closed(self, timeout: float = 0.5) -> None:
+        """Give the log readers a moment to take the last lines after an exit."""
+        if self._readers:
+            await asyncio.wait(self._readers, timeout=timeout)
+
+    async def wait_ready(
+        self,
+        *,
+        health_url: str,
+        client: _http.httpx.AsyncClient,
+        timeout: float,
+        name: str = "server",
+    ) -> None:
+        """Return when ready; raise ServerStartError on exit, ServerStartTimeout on timeout.
+
+        The ready line (SGLang logs it the moment its status turns Up) is the fast path; a
+        ``health_url`` poll with a short capped backoff covers servers whose log level hides
+        it. The process exit is watched in the same wait, so a crash is reported at once.
+        """
+        poll = asyncio.ensure_future(_poll_health(client, health_url))
+        line = asyncio.ensure_future(self.ready_seen.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {poll, line, self.exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for task in (poll, line):
+                task.cancel()
+            await asyncio.gather(poll, line, return_exceptions=True)
+        if self.exited in done or self.returncode is not None:
+            await self.wait_output_closed()
+            code = self.exited.result()
+            raise ServerStartError(
+                f"the {name} exited during start with {describe_returncode(code)}",
+                returncode=code,
+                command=self.masked_command,
+                log_tail=self.log_tail(),
+            )
+        if not done:
+            raise ServerStartTimeout(
+                f"the {name} was not ready within {timeout:g} s (startup_timeout); "
+                "its process tree was killed",
+                command=self.masked_command,
+                log_tail=self.log_tail(),
+            )
+
+    async def terminate(self, grace: float) -> int:
+        """SIGTERM the group, wait up to ``grace`` s, then SIGKILL whatever is left.
+
+        Returns the return code. Never leaves a process of the tree behind.
+        """
+        pid = self.proc.pid
+        tree: list[psutil.Process] = []
+        if self.returncode is None:
+            tree = await off_loop(collect_tree, pid)
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGTERM)
+            if grace > 0:
+                await asyncio.wait({self.exited}, timeout=grace)
+        # SIGKILL the group and every collected descendant, even when the leader exited:
+        # children re-parented to init would otherwise outlive it.
+        if self.returncode is None:
+            tree = tree + await off_loop(collect_tree, pid)
+        await off_loop(kill_tree, pid, tree)
+        code = await self.exited
+        await self.wait_output_closed()
+        reaper.unwatch(pid)
+        return code
+
+    async def kill(self) -> int:
+        """Stop at once (no grace)."""
+        return await self.terminate(0)
+
+
+async def off_loop(func: Callable[..., T], *args: Any) -> T:
+    """Run blocking ``func`` in a worker thread; inline once the interpreter is shutting down
+    (then the default executor refuses new work, and blocking no longer matters)."""
+    try:
+        return await asyncio.to_thread(func, *args)
+    except RuntimeError:
+        return func(*args)
+
+
+async def _ensure_reaper() -> None:
+    if reaper.watcher_pid is None:
+        await off_loop(reaper.ensure_started)
+
+
+async def _poll_health(client: _http.httpx.AsyncClient, url: str) -> None:
+    delay = 0.005
+    while True:
+        try:
+            response = await client.get(url, timeout=30.0)
+            if response.status_code == 200:
+                return
+        except _http.httpx.TransportError:
+            pass
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
+def mask(text: str, secret: str | None) -> str:
+    """Replace ``secret`` in ``text`` (never log or show an API key)."""
+    if secret:
+        return text.replace(secret, "***")
+    return text
+
+
+def describe_returncode(code: int | None) -> str:
+    if code is None:
+        return "no exit code"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name} (return code {code})"
+        except ValueError:
+            return f"return code {code}"
+    return f"exit code {code}"

@@ -1,0 +1,342 @@
+"""Configuration: how to launch a server (:class:`ServerConfig`) and how to sample (:class:`SGLangConfig`).
+
+Both are pydantic models, validated at construction. A bad value raises
+:class:`~sglang_backend.errors.ConfigError` naming the field, so mistakes surface before any
+process is started or request sent.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError
+
+__all__ = ["DEFAULT_LAUNCH_COMMAND", "RouterPolicy", "SGLangConfig", "ServerConfig"]
+
+DEFAULT_LAUNCH_COMMAND: tuple[str, ...] = (sys.executable, "-m", "sglang.launch_server")
+"""``python -m sglang.launch_server`` with the running interpreter (works in every SGLang 0.5.x)."""
+
+RouterPolicy = Literal["cache_aware", "round_robin", "random", "power_of_two"]
+
+# Flags the library renders itself from ServerConfig / the model: extra_args may not repeat them,
+# so nothing can silently override the bind address, port or API key.
+_MANAGED_FLAGS: dict[str, str] = {
+    "--model-path": "the model name (model_type)",
+    "--model": "the model name (model_type)",
+    "--host": "ServerConfig.host",
+    "--port": "ServerConfig.port",
+    "--api-key": "ServerConfig.api_key (or the model's api_key)",
+}
+
+# Typed options: ServerConfig field -> SGLang flag (and aliases that mean the same).
+_TYPED_FLAGS: dict[str, tuple[str, ...]] = {
+    "tp_size": ("--tp-size", "--tensor-parallel-size"),
+    "dp_size": ("--dp-size", "--data-parallel-size"),
+    "base_gpu_id": ("--base-gpu-id",),
+    "nnodes": ("--nnodes",),
+    "node_rank": ("--node-rank",),
+    "dist_init_addr": ("--dist-init-addr",),
+    "mem_fraction_static": ("--mem-fraction-static",),
+    "context_length": ("--context-length",),
+    "served_model_name": ("--served-model-name",),
+    "chat_template": ("--chat-template",),
+    "tool_call_parser": ("--tool-call-parser",),
+    "reasoning_parser": ("--reasoning-parser",),
+}
+
+
+def _config_error(exc: ValidationError, what: str, allowed: list[str] | None = None) -> ConfigError:
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(value)"
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key {loc!r}"
+            if allowed:
+                msg += f"; allowed keys: {', '.join(sorted(allowed))}"
+        else:
+            msg = f"{loc}: {err['msg']} (got {err.get('input')!r})"
+        problems.append(msg)
+    return ConfigError(f"invalid {what}: " + "; ".join(problems))
+
+
+def _flag_name(arg: str) -> str:
+    return arg.split("=", 1)[0]
+
+
+class ServerConfig(BaseModel):
+    """How to launch and supervise an SGLang server. Immutable; validated at construction.
+
+    Typed SGLang options (``tp_size``, ``tool_call_parser``, …) become command-line flags;
+    ``None`` leaves SGLang's own default. Anything else goes in ``extra_args``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    launch_command: tuple[str, ...] | None = Field(
+        default=None,
+        description="argv prefix that starts the server; None = python -m sglang.launch_server.",
+    )
+    host: str = Field(default="127.0.0.1", min_length=1, description="Bind address (loopback).")
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="HTTP port; None picks a free one."
+    )
+    extra_args: tuple[str, ...] = Field(default=(), description="More SGLang flags, verbatim.")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Environment variables added for the server process."
+    )
+    startup_timeout: float = Field(
+        default=1800.0,
+        gt=0,
+        le=86400,
+        description="Seconds for launch + load + warm-up; real loads take minutes.",
+    )
+    inactivity_timeout: float | None = Field(
+        default=600.0,
+        gt=0,
+        description="Idle seconds before the server is stopped (relaunched on the next request);"
+        " None never stops it.",
+    )
+    shutdown_timeout: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="Grace after SIGTERM before every remaining process of the tree is SIGKILLed.",
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="Key passed with --api-key; None generates a random one at launch.",
+    )
+    tp_size: int | None = Field(default=None, ge=1, description="Tensor-parallel GPUs.")
+    dp_size: int | None = Field(default=None, ge=1, description="Data-parallel replicas.")
+    base_gpu_id: int | None = Field(default=None, ge=0, description="First GPU index.")
+    nnodes: int | None = Field(default=None, ge=1, description="Nodes (multi-node).")
+    node_rank: int | None = Field(default=None, ge=0, description="This node's rank.")
+    dist_init_addr: str | None = Field(
+        default=None, description="host:port of node 0 (multi-node)."
+    )
+    mem_fraction_static: float | None = Field(
+        default=None, gt=0, le=1, description="GPU memory fraction for weights + KV cache."
+    )
+    context_length: int | None = Field(default=None, ge=1, description="Max context tokens.")
+    served_model_name: str | None = Field(
+        default=None, min_length=1, description="Name in /v1/models (no ':')."
+    )
+    chat_template: str | None = Field(default=None, min_length=1)
+    tool_call_parser: str | None = Field(
+        default=None, min_length=1, description="Required for tool calls (e.g. qwen, llama3)."
+    )
+    reasoning_parser: str | None = Field(default=None, min_length=1)
+    replicas: int = Field(
+        default=1, ge=1, le=64, description="Workers behind an sglang-router when > 1."
+    )
+    router_policy: RouterPolicy | None = Field(
+        default=None, description="sglang-router policy (replicas > 1); None = router default."
+    )
+    router_command: tuple[str, ...] | None = Field(
+        default=None,
+        description="argv prefix of the router; None = python -m sglang_router.launch_router.",
+    )
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _config_error(exc, "ServerConfig", list(type(self).model_fields)) from None
+
+    @field_validator("launch_command", "router_command")
+    @classmethod
+    def _non_empty_command(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and (not value or not value[0]):
+            raise ValueError("must be a non-empty argv list (no shell string)")
+        return value
+
+    @field_validator("served_model_name")
+    @classmethod
+    def _no_colon(cls, value: str | None) -> str | None:
+        if value is not None and ":" in value:
+            raise ValueError("must not contain ':' (SGLang uses it to select LoRA adapters)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> ServerConfig:
+        for arg in self.extra_args:
+            flag = _flag_name(arg)
+            if flag in _MANAGED_FLAGS:
+                raise ValueError(
+                    f"extra_args may not contain {flag}: the library sets it from "
+                    f"{_MANAGED_FLAGS[flag]}"
+                )
+            for field, flags in _TYPED_FLAGS.items():
+                if flag in flags:
+                    raise ValueError(f"extra_args may not contain {flag}: use ServerConfig.{field}")
+        if self.nnodes is not None and self.node_rank is not None and self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank ({self.node_rank}) must be < nnodes ({self.nnodes})")
+        if (self.nnodes or 1) > 1 and not self.dist_init_addr:
+            raise ValueError("nnodes > 1 needs dist_init_addr (host:port of node 0)")
+        if self.replicas > 1 and (self.nnodes or 1) > 1:
+            raise ValueError("replicas > 1 cannot be combined with multi-node (nnodes > 1)")
+        if self.replicas == 1 and self.router_policy is not None:
+            raise ValueError("router_policy needs replicas > 1")
+        return self
+
+    @property
+    def resolved_launch_command(self) -> list[str]:
+        """The argv prefix actually used to launch the server."""
+        return list(self.launch_command or DEFAULT_LAUNCH_COMMAND)
+
+    def server_args(
+        self,
+        model_path: str,
+        *,
+        port: int,
+        api_key: str | None,
+        base_gpu_id: int | None = None,
+    ) -> list[str]:
+        """SGLang flags for one server: model, bind address, key, typed options, extra_args."""
+        args = ["--model-path", model_path, "--host", self.host, "--port", str(port)]
+        if api_key is not None:
+            args += ["--api-key", api_key]
+        values: Mapping[str, object] = {
+            field: getattr(self, field) for field in _TYPED_FLAGS
+        }
+        if base_gpu_id is not None:
+            values = {**values, "base_gpu_id": base_gpu_id}
+        for field, flags in _TYPED_FLAGS.items():
+            value = values[field]
+            if value is not None:
+                args += [flags[0], str(value)]
+        args += list(self.extra_args)
+        return args
+
+    def command(self, model_path: str, *, port: int, api_key: str | None) -> list[str]:
+        """The full launch argv for a single server."""
+        return self.resolved_launch_command + self.server_args(
+            model_path, port=port, api_key=api_key
+        )
+
+
+class SGLangConfig(BaseModel):
+    """Sampling and request options for chat completions (CAMEL's ``SGLangConfig`` superset).
+
+    The OpenAI fields are sent as the SDK's keyword arguments; SGLang's extras (``top_k``,
+    ``min_p``, ``regex``, …) travel in ``extra_body``. Unknown keys are rejected.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # OpenAI chat-completion fields
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    n: int | None = Field(default=None, ge=1)
+    stream: bool = False
+    stop: str | list[str] | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    seed: int | None = None
+    user: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+    reasoning_effort: str | None = None
+    # SGLang extras (sent in extra_body)
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    min_tokens: int | None = Field(default=None, ge=0)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=2)
+    regex: str | None = None
+    ebnf: str | None = None
+    stop_token_ids: list[int] | None = None
+    stop_regex: str | list[str] | None = None
+    no_stop_trim: bool | None = None
+    ignore_eos: bool | None = None
+    continue_final_message: bool | None = None
+    skip_special_tokens: bool | None = None
+    lora_path: str | None = None
+    separate_reasoning: bool | None = None
+    stream_reasoning: bool | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    return_hidden_states: bool | None = None
+    rid: str | None = None
+    priority: int | None = None
+    custom_params: dict[str, Any] | None = None
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _config_error(exc, "model_config_dict", list(type(self).model_fields)) from None
+
+    @model_validator(mode="after")
+    def _check_exclusive(self) -> SGLangConfig:
+        constrained = [
+            name for name in ("response_format", "regex", "ebnf") if getattr(self, name) is not None
+        ]
+        if len(constrained) > 1:
+            raise ValueError(f"only one of {', '.join(constrained)} may be set")
+        return self
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any] | None) -> SGLangConfig:
+        """Validate a CAMEL-style ``model_config_dict``."""
+        if config is None:
+            return cls()
+        if not isinstance(config, Mapping):
+            raise ConfigError(
+                f"model_config_dict must be a mapping, got {type(config).__name__}"
+            )
+        bad = [key for key in config if not isinstance(key, str)]
+        if bad:
+            raise ConfigError(f"model_config_dict keys must be strings, got {bad!r}")
+        return cls(**config)
+
+    def request_kwargs(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Split the set options into (SDK keyword arguments, ``extra_body``)."""
+        standard: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for name, value in self:
+            if value is None or name == "stream":
+                continue
+            (standard if name in _OPENAI_FIELDS else extra)[name] = value
+        return standard, extra
+
+
+_OPENAI_FIELDS = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "n",
+        "stop",
+        "max_tokens",
+        "max_completion_tokens",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "seed",
+        "user",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+        "reasoning_effort",
+    }
+)

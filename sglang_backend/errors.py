@@ -1,0 +1,211 @@
+"""The exceptions sglang_backend raises, as one tree.
+
+Every error the library raises derives from :class:`SGLangError`, so ``except SGLangError``
+catches them all. Errors that also mean something to Python in general derive from the
+matching builtin too (a start timeout is a :class:`TimeoutError`, bad configuration is a
+:class:`ValueError`), so existing handlers keep working::
+
+    SGLangError
+    ├── ConfigError (ValueError)                 bad ServerConfig / model_config_dict, at construction
+    ├── InvalidRequestError (ValueError)         bad messages, tools or response_format, before any I/O
+    │   └── ToolCallParserMissingError           tools used on a launched server without tool_call_parser
+    ├── ModelClosedError                         the model was closed (before or during the call)
+    ├── ServerError                              the server process misbehaved
+    │   ├── ServerStartError                     exited during start: exit code, command, log tail
+    │   │   ├── LaunchCommandNotFoundError (FileNotFoundError)  the launch program does not exist
+    │   │   └── PortInUseError (OSError)         the requested port is taken
+    │   ├── ServerStartTimeout (TimeoutError)    not ready within startup_timeout
+    │   ├── ServerCrashedError                   died while serving; in-flight calls get this
+    │   └── ServerUnavailableError               could not be reached (connect mode) in time
+    └── RequestError                             the server answered a request with an error
+        ├── BadRequestError (ValueError)         400/422: the server rejected the request
+        ├── AuthenticationError                  401/403: wrong or missing API key
+        ├── RequestTimeoutError (TimeoutError)   no answer within the request timeout
+        └── StructuredOutputError                reply did not validate against response_format
+
+The API key never appears in any message: commands are shown with the key masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigError",
+    "InvalidRequestError",
+    "LaunchCommandNotFoundError",
+    "ModelClosedError",
+    "PortInUseError",
+    "RequestError",
+    "RequestTimeoutError",
+    "SGLangError",
+    "ServerCrashedError",
+    "ServerError",
+    "ServerStartError",
+    "ServerStartTimeout",
+    "ServerUnavailableError",
+    "StructuredOutputError",
+    "ToolCallParserMissingError",
+]
+
+
+class SGLangError(Exception):
+    """Base class of every error raised by sglang_backend."""
+
+
+class ConfigError(SGLangError, ValueError):
+    """Invalid configuration, reported when the object is constructed."""
+
+
+class InvalidRequestError(SGLangError, ValueError):
+    """A request argument is malformed; raised before anything is sent."""
+
+
+class ToolCallParserMissingError(InvalidRequestError):
+    """Tools were passed to a launched server started without ``tool_call_parser``.
+
+    SGLang would render the tools into the prompt and return the raw call text in
+    ``content``; failing fast says which option to set instead.
+    """
+
+
+class ModelClosedError(SGLangError):
+    """The model was closed with ``aclose()``/``close()``; it cannot serve requests."""
+
+
+def _format_tail(log_tail: Sequence[str]) -> str:
+    if not log_tail:
+        return "  (the server wrote no output)"
+    return "\n".join(f"  | {line}" for line in log_tail)
+
+
+class ServerError(SGLangError):
+    """The server process failed to start, crashed, or could not be reached.
+
+    Attributes:
+        command: the launch command line, with the API key masked.
+        log_tail: the last lines the server wrote (stdout and stderr merged).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        command: Sequence[str] = (),
+        log_tail: Sequence[str] = (),
+    ) -> None:
+        self.command = list(command)
+        self.log_tail = list(log_tail)
+        self.summary = message
+        text = message
+        if self.command:
+            text += "\ncommand: " + " ".join(self.command)
+        if self.log_tail or self.command:
+            text += "\nlast server output:\n" + _format_tail(self.log_tail)
+        super().__init__(text)
+
+
+class ServerStartError(ServerError):
+    """The server process exited before it became ready.
+
+    Attributes:
+        returncode: the exit code (negative: killed by that signal), or None.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        returncode: int | None = None,
+        command: Sequence[str] = (),
+        log_tail: Sequence[str] = (),
+    ) -> None:
+        self.returncode = returncode
+        super().__init__(message, command=command, log_tail=log_tail)
+
+
+class LaunchCommandNotFoundError(ServerStartError, FileNotFoundError):
+    """The launch program could not be executed (missing or not executable)."""
+
+
+class PortInUseError(ServerStartError, OSError):
+    """The requested port is already taken by another process."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        super().__init__(
+            f"port {port} on {host} is already in use; choose another port "
+            "or leave ServerConfig.port=None to pick a free one"
+        )
+
+
+class ServerStartTimeout(ServerError, TimeoutError):
+    """The server did not become ready within ``startup_timeout``; its tree was killed."""
+
+
+class ServerCrashedError(ServerError):
+    """The server process died while serving requests.
+
+    In-flight requests fail with this error; the next request relaunches the server.
+
+    Attributes:
+        returncode: the exit code (negative: killed by that signal), or None.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        returncode: int | None = None,
+        command: Sequence[str] = (),
+        log_tail: Sequence[str] = (),
+    ) -> None:
+        self.returncode = returncode
+        super().__init__(message, command=command, log_tail=log_tail)
+
+
+class ServerUnavailableError(ServerError):
+    """The server could not be reached or stayed unavailable (connect mode)."""
+
+
+class RequestError(SGLangError):
+    """The server answered a request with an error status.
+
+    Attributes:
+        status_code: the HTTP status (None when no response arrived).
+        body: the decoded error body, if any.
+    """
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, body: object = None
+    ) -> None:
+        self.status_code = status_code
+        self.body = body
+        super().__init__(message)
+
+
+class BadRequestError(RequestError, ValueError):
+    """The server rejected the request as invalid (HTTP 400/422)."""
+
+
+class AuthenticationError(RequestError):
+    """The server refused the API key (HTTP 401/403)."""
+
+
+class RequestTimeoutError(RequestError, TimeoutError):
+    """No answer within the request timeout. Not retried: generation may be under way."""
+
+
+class StructuredOutputError(RequestError):
+    """The reply does not parse into the requested ``response_format``.
+
+    Attributes:
+        raw: the text the server returned.
+    """
+
+    def __init__(self, message: str, *, raw: str | None) -> None:
+        self.raw = raw
+        super().__init__(f"{message}\nraw reply: {raw!r}")

@@ -1,0 +1,657 @@
+"""AsyncSGLangModel: OpenAI-compatible chat on a server this library launches or connects to."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping
+from types import TracebackType
+from typing import Any, Literal, overload
+
+import openai
+import pydantic
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ParsedChatCompletion
+
+from . import _http
+from ._requests import build_response_format, check_messages, check_tools
+from .config import SGLangConfig, ServerConfig
+from .errors import (
+    AuthenticationError,
+    BadRequestError,
+    ConfigError,
+    ModelClosedError,
+    RequestError,
+    RequestTimeoutError,
+    ServerUnavailableError,
+    StructuredOutputError,
+    ToolCallParserMissingError,
+)
+from .server import (
+    EventCallback,
+    LaunchedServer,
+    RemoteServer,
+    ServerState,
+    _Backend,
+)
+
+__all__ = ["AsyncSGLangModel", "ChatStream", "SGLangTokenCounter"]
+
+logger = logging.getLogger("sglang_backend")
+
+DEFAULT_TIMEOUT = 180.0
+_MAX_ATTEMPTS = 3
+_CLOSE_MESSAGE = "sglang_backend: model closed"
+
+
+def _default_timeout(timeout: float | None) -> float:
+    if timeout is not None:
+        value = float(timeout)
+    else:
+        raw = os.environ.get("MODEL_TIMEOUT")
+        try:
+            value = float(raw) if raw else DEFAULT_TIMEOUT
+        except ValueError:
+            raise ConfigError(f"MODEL_TIMEOUT must be a number of seconds, got {raw!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return value
+
+
+def _model_name(model_type: object) -> str:
+    value = getattr(model_type, "value", model_type)
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"model_type must be a non-empty model name or path, got {model_type!r}")
+    return value
+
+
+def _status_error(exc: openai.APIStatusError) -> RequestError:
+    body = exc.body
+    message: object = None
+    if isinstance(body, Mapping):
+        message = body.get("message")
+        if message is None and isinstance(body.get("error"), (str, Mapping)):
+            error = body["error"]
+            message = error.get("message") if isinstance(error, Mapping) else error
+    text = f"the server answered {exc.status_code}: {message or exc.message}"
+    if exc.status_code in (400, 422):
+        return BadRequestError(text, status_code=exc.status_code, body=body)
+    if exc.status_code in (401, 403):
+        return AuthenticationError(text, status_code=exc.status_code, body=body)
+    return RequestError(text, status_code=exc.status_code, body=body)
+
+
+def _not_sent(exc: BaseException) -> bool:
+    """True when the request surely never reached the server (safe to retry)."""
+    cause = exc.__cause__ or exc.__context__
+    return isinstance(exc, _http.httpx.ConnectError) or isinstance(cause, _http.httpx.ConnectError)
+
+
+class SGLangTokenCounter:
+    """Counts tokens with the served model's own tokenizer, through the server's ``/tokenize``.
+
+    Chat messages are counted with the model's chat template, exactly as a request would be.
+    If the server has no ``/tokenize`` (another OpenAI-compatible server), the count comes from
+    the ``usage`` of a one-token completion. Nothing is downloaded.
+    """
+
+    def __init__(self, model: AsyncSGLangModel) -> None:
+        self._model = model
+
+    async def count_tokens_from_messages(self, messages: Any) -> int:
+        """Prompt tokens of ``messages`` (OpenAI format) under the model's chat template."""
+        checked = check_messages(messages)
+        return await self._model._tokenize({"messages": list(checked)}, messages=checked)
+
+    async def count_text(self, text: str) -> int:
+        """Tokens of a plain string (no chat template)."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        return await self._model._tokenize({"prompt": text, "add_special_tokens": False})
+
+
+class ChatStream(AsyncIterator[ChatCompletionChunk]):
+    """An async iterator of ``ChatCompletionChunk``; also an async context manager.
+
+    It counts as in flight (the server will not be idle-stopped) until it is exhausted or
+    closed. Close it early with ``await stream.aclose()`` or by leaving ``async with``;
+    cancelling the consumer closes the HTTP stream too.
+    """
+
+    def __init__(
+        self,
+        model: AsyncSGLangModel,
+        stream: openai.AsyncStream[ChatCompletionChunk],
+        token: object,
+    ) -> None:
+        self._model = model
+        self._stream = stream
+        self._iterator = stream.__aiter__()
+        self._token = token
+        self._closed = False
+        model._streams.add(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __aiter__(self) -> ChatStream:
+        return self
+
+    async def __anext__(self) -> ChatCompletionChunk:
+        if self._closed:
+            if self._model._closed:
+                raise ModelClosedError("the model was closed while streaming")
+            raise StopAsyncIteration
+        try:
+            return await self._iterator.__anext__()
+        except StopAsyncIteration:
+            await self.aclose()
+            raise
+        except asyncio.CancelledError:
+            await asyncio.shield(self.aclose())
+            if self._model._closed:
+                raise ModelClosedError("the model was closed while streaming") from None
+            raise
+        except openai.APIStatusError as exc:
+            await self.aclose()
+            raise _status_error(exc) from exc
+        except openai.APIError as exc:  # an error event inside the stream
+            await self.aclose()
+            raise RequestError(f"the server reported an error mid-stream: {exc.message}",
+                               body=exc.body) from exc
+        except (_http.httpx.TransportError, openai.APIConnectionError) as exc:
+            await self.aclose()
+            if self._model._closed:
+                raise ModelClosedError("the model was closed while streaming") from exc
+            backend = self._model._backend
+            if backend is not None:
+                await backend.recover(self._token, exc, sent=True)
+            raise ServerUnavailableError(
+                f"the connection to the server broke mid-stream: {type(exc).__name__}"
+            ) from exc
+
+    async def aclose(self) -> None:
+        """Close the HTTP stream and release the request (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._model._streams.discard(self)
+        backend = self._model._backend
+        if backend is not None:
+            backend.release()
+        try:
+            await self._stream.close()
+        except Exception:  # closing a broken connection must not mask the real error
+            logger.debug("error while closing a stream", exc_info=True)
+
+    async def __aenter__(self) -> ChatStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class AsyncSGLangModel:
+    """An SGLang chat model for asyncio code, launching and supervising its server if needed.
+
+    Args:
+        model_type: the model path or Hugging Face id (``--model-path``); in connect mode, the
+            model name sent in requests.
+        model_config_dict: sampling options, validated by :class:`SGLangConfig`
+            (``{"temperature": 0.2, "stream": True, "top_k": 20, ...}``).
+        api_key: key for the server. Launch mode: passed with ``--api-key`` (default: a random
+            key). Connect mode: sent as ``Authorization: Bearer``.
+        url: connect to this running server (or sglang-router) instead of launching one.
+        token_counter: a counter to use instead of the server's tokenizer.
+        timeout: per-request timeout in seconds (default: env ``MODEL_TIMEOUT``, else 180).
+        server: how to launch the server (launch mode only).
+        on_event: called with every :class:`~sglang_backend.server.ServerEvent`.
+
+    The constructor does no I/O. The server starts on ``async with``, :meth:`start`, or the
+    first request; idle servers are stopped and relaunched on demand.
+    """
+
+    def __init__(
+        self,
+        model_type: Any,
+        model_config_dict: Mapping[str, Any] | None = None,
+        api_key: str | None = None,
+        url: str | None = None,
+        token_counter: Any = None,
+        timeout: float | None = None,
+        *,
+        server: ServerConfig | None = None,
+        on_event: EventCallback | None = None,
+    ) -> None:
+        self.model_type = _model_name(model_type)
+        self._config = SGLangConfig.from_dict(model_config_dict)
+        self.model_config_dict: dict[str, Any] = dict(model_config_dict or {})
+        self._kwargs, self._extra_body = self._config.request_kwargs()
+        self._default_tools = check_tools(self._kwargs.pop("tools", None))
+        self._timeout = _default_timeout(timeout)
+        if url is not None and server is not None:
+            raise ConfigError("pass either url= (connect to a running server) or server= "
+                              "(launch one), not both")
+        if url is not None and (not isinstance(url, str) or "://" not in url):
+            raise ConfigError(f"url must be an http(s) URL like http://127.0.0.1:30000, got {url!r}")
+        if api_key is not None and not isinstance(api_key, str):
+            raise ConfigError("api_key must be a string")
+        if (
+            url is None
+            and server is not None
+            and server.api_key is not None
+            and api_key is not None
+            and server.api_key.get_secret_value() != api_key
+        ):
+            raise ConfigError("api_key and server.api_key differ; set only one")
+        self._url = url.rstrip("/").removesuffix("/v1") if url else None
+        self._api_key = api_key
+        self._server_config = server if url is None else None
+        if self._server_config is None and url is None:
+            self._server_config = ServerConfig()
+        self._token_counter = token_counter
+        self._on_event = on_event
+        self._backend: _Backend | None = None
+        self._client: openai.AsyncOpenAI | None = None
+        self._http: _http.httpx.AsyncClient | None = None
+        self._prepare_task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._streams: set[ChatStream] = set()
+        self._request_model = (
+            self._server_config.served_model_name
+            if self._server_config is not None and self._server_config.served_model_name
+            else self.model_type
+        )
+
+    # -- CAMEL-compatible surface ---------------------------------------------------------
+    @property
+    def stream(self) -> bool:
+        """Whether :meth:`run` streams by default (``model_config_dict["stream"]``)."""
+        return self._config.stream
+
+    @property
+    def token_counter(self) -> Any:
+        """The user's counter if one was given, else a :class:`SGLangTokenCounter`."""
+        if self._token_counter is None:
+            self._token_counter = SGLangTokenCounter(self)
+        return self._token_counter
+
+    def check_model_config(self) -> None:
+        """Re-validate ``model_config_dict`` (CAMEL API); raises ConfigError."""
+        SGLangConfig.from_dict(self.model_config_dict)
+
+    # -- observable state --------------------------------------------------------------
+    @property
+    def state(self) -> ServerState:
+        """The lifecycle state of the server."""
+        if self._closed:
+            return ServerState.CLOSED
+        return self._backend.state if self._backend is not None else ServerState.CREATED
+
+    @property
+    def pid(self) -> int | None:
+        """The server process id while it runs (launch mode), else None."""
+        return self._backend.pid if self._backend is not None else None
+
+    @property
+    def base_url(self) -> str | None:
+        """The server's root URL (``http://127.0.0.1:PORT``), once known."""
+        if self._url is not None:
+            return self._url
+        return self._backend.base_url or None if self._backend is not None else None
+
+    @property
+    def api_key(self) -> str | None:
+        """The key requests carry (generated at first launch if none was given)."""
+        return self._backend.api_key if self._backend is not None else self._api_key
+
+    @property
+    def launched(self) -> bool:
+        """True in launch mode, False when connected to an external server via ``url``."""
+        return self._url is None
+
+    @property
+    def server(self) -> LaunchedServer | None:
+        """The launched-server supervisor (launch mode), for inspection."""
+        backend = self._backend
+        return backend if isinstance(backend, LaunchedServer) else None
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.model_type!r}, state={self.state.value}, "
+                f"url={self.base_url!r})")
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def __aenter__(self) -> AsyncSGLangModel:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Launch the server and wait until it is ready (connect mode: wait until healthy)."""
+        backend = await self._get_backend()
+        await backend.start()
+
+    async def is_ready(self) -> bool:
+        """True when the server answers ``/health`` with 200 now (no launch, no wait)."""
+        if self._closed or self._backend is None or not self.base_url:
+            return False
+        assert self._http is not None
+        try:
+            response = await self._http.get(f"{self.base_url}/health", timeout=5.0)
+        except _http.httpx.TransportError:
+            return False
+        return response.status_code == 200
+
+    async def stop(self) -> None:
+        """Stop a launched server now; the next request relaunches it."""
+        if isinstance(self._backend, LaunchedServer):
+            await self._backend.stop()
+
+    async def aclose(self) -> None:
+        """Stop the server (launch mode) and release every resource. Idempotent.
+
+        Requests still in flight fail with :class:`ModelClosedError`.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel(_CLOSE_MESSAGE)
+        for stream in list(self._streams):
+            await stream.aclose()
+        if self._prepare_task is not None and not self._prepare_task.done():
+            self._prepare_task.cancel()
+            await asyncio.wait({self._prepare_task})
+        try:
+            if self._backend is not None:
+                await self._backend.aclose()
+        finally:
+            if self._http is not None:
+                await self._http.aclose()
+
+    async def cleanup(self) -> None:
+        """Alias of :meth:`aclose` (CAMEL's name)."""
+        await self.aclose()
+
+    async def _get_backend(self) -> _Backend:
+        if self._closed:
+            raise ModelClosedError("the model is closed")
+        if self._backend is None:
+            if self._prepare_task is None:
+                self._prepare_task = asyncio.ensure_future(self._prepare())
+            await asyncio.shield(self._prepare_task)
+            assert self._backend is not None
+        return self._backend
+
+    async def _prepare(self) -> None:
+        # Building the client (SSL context, certificate files) and the SDK's lazy imports cost
+        # tens of ms; they run in a thread so the event loop never stalls.
+        self._http, self._client = await asyncio.to_thread(self._build_clients)
+        if self._closed:
+            await self._http.aclose()
+            raise ModelClosedError("the model is closed")
+        if self._url is not None:
+            self._backend = RemoteServer(
+                self._url, self._api_key, self._http,
+                startup_timeout=self._timeout, on_event=self._on_event,
+            )
+        else:
+            assert self._server_config is not None
+            backend = LaunchedServer(
+                self.model_type, self._server_config, self._http,
+                api_key=self._api_key, on_event=self._on_event,
+            )
+            self._backend = backend
+
+    def _build_clients(self) -> tuple[_http.httpx.AsyncClient, openai.AsyncOpenAI]:
+        http = _http.new_async_client()
+        client = openai.AsyncOpenAI(
+            api_key="placeholder", base_url="http://127.0.0.1/v1", http_client=http,
+            max_retries=0, timeout=self._timeout,
+        )
+        _ = client.chat.completions  # the SDK imports its resources lazily: do it here
+        ChatCompletion.model_rebuild()
+        ChatCompletionChunk.model_rebuild()
+        return http, client
+
+    def _openai(self, backend: _Backend) -> openai.AsyncOpenAI:
+        client = self._client
+        assert client is not None
+        base = f"{backend.base_url}/v1"
+        if str(client.base_url).rstrip("/") != base or client.api_key != (backend.api_key or ""):
+            client = client.with_options(base_url=base, api_key=backend.api_key or "")
+            self._client = client
+        return client
+
+    # -- chat ----------------------------------------------------------------------------
+    @overload
+    async def run(
+        self,
+        messages: Any,
+        response_format: Any = None,
+        tools: Any = None,
+        *,
+        stream: Literal[False],
+    ) -> ChatCompletion: ...
+    @overload
+    async def run(
+        self,
+        messages: Any,
+        response_format: Any = None,
+        tools: Any = None,
+        *,
+        stream: Literal[True],
+    ) -> ChatStream: ...
+    @overload
+    async def run(
+        self,
+        messages: Any,
+        response_format: Any = None,
+        tools: Any = None,
+        *,
+        stream: bool | None = None,
+    ) -> ChatCompletion | ChatStream: ...
+    async def run(
+        self,
+        messages: Any,
+        response_format: Any = None,
+        tools: Any = None,
+        *,
+        stream: bool | None = None,
+    ) -> ChatCompletion | ChatStream:
+        """Run a chat completion.
+
+        Args:
+            messages: OpenAI-format messages (dicts or the SDK's typed params).
+            response_format: a pydantic model class (the reply's ``message.parsed`` is then a
+                validated instance) or an OpenAI ``response_format`` dict.
+            tools: OpenAI tool dicts or pydantic model classes.
+            stream: override ``model_config_dict["stream"]`` for this call.
+
+        Returns:
+            a ``ChatCompletion`` (``ParsedChatCompletion`` for a pydantic response_format), or a
+            :class:`ChatStream` of ``ChatCompletionChunk`` when streaming.
+        """
+        if self._closed:
+            raise ModelClosedError("the model is closed")
+        checked = check_messages(messages)
+        tool_list = check_tools(tools) if tools is not None else self._default_tools
+        wire_format, parse_into = build_response_format(response_format)
+        streaming = self._config.stream if stream is None else bool(stream)
+        if streaming and parse_into is not None:
+            raise ConfigError("a pydantic response_format cannot be combined with streaming")
+        if tool_list and self._server_config is not None and (
+            self._server_config.tool_call_parser is None
+        ):
+            raise ToolCallParserMissingError(
+                "tools need SGLang's tool-call parser: set ServerConfig(tool_call_parser=...) "
+                "to the model family's parser (e.g. 'qwen', 'llama3', 'mistral', "
+                "'deepseekv3'); without it SGLang returns the raw call text in content"
+            )
+        kwargs: dict[str, Any] = {**self._kwargs, "messages": checked}
+        if tool_list:
+            kwargs["tools"] = tool_list
+        if wire_format is not None:
+            kwargs["response_format"] = wire_format
+        if self._extra_body:
+            kwargs["extra_body"] = self._extra_body
+        if streaming:
+            kwargs["stream"] = True
+            kwargs["stream_options"] = {"include_usage": True}
+            return await self._open_stream(kwargs)
+        completion = await self._request(kwargs)
+        if parse_into is not None:
+            return _parse(completion, parse_into)
+        return completion
+
+    async def _request(self, kwargs: dict[str, Any]) -> ChatCompletion:
+        result: ChatCompletion = await self._call(
+            lambda client: client.chat.completions.create(
+                model=self._request_model, **kwargs
+            ),
+            keep_lease=False,
+        )
+        return result
+
+    async def _open_stream(self, kwargs: dict[str, Any]) -> ChatStream:
+        stream, token = await self._call(
+            lambda client: client.chat.completions.create(
+                model=self._request_model, **kwargs
+            ),
+            keep_lease=True,
+        )
+        return ChatStream(self, stream, token)
+
+    async def _call(self, send: Any, *, keep_lease: bool) -> Any:
+        """Admit, send, map errors, retry what is safe to retry, release."""
+        backend = self._backend or await self._get_backend()
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        token = await backend.acquire()
+        held = True
+        try:
+            for attempt in range(_MAX_ATTEMPTS):
+                try:
+                    result = await send(self._openai(backend))
+                except openai.APITimeoutError as exc:
+                    raise RequestTimeoutError(
+                        f"no answer within {self._timeout:g} s (timeout); not retried, the "
+                        "server may still be generating"
+                    ) from exc
+                except openai.APIConnectionError as exc:
+                    last_try = attempt == _MAX_ATTEMPTS - 1
+                    retry = await backend.recover(token, exc, sent=not _not_sent(exc))
+                    if not retry or last_try:
+                        raise ServerUnavailableError(
+                            f"could not reach the server at {backend.base_url}: "
+                            f"{type(exc.__cause__ or exc).__name__}"
+                        ) from exc
+                except openai.APIStatusError as exc:
+                    if exc.status_code != 503 or attempt == _MAX_ATTEMPTS - 1:
+                        raise _status_error(exc) from exc
+                    await backend.recover(token, exc, sent=False)
+                else:
+                    if keep_lease:
+                        held = False
+                        return result, token
+                    return result
+                # Retrying: let go of the lease so a stopped server can be relaunched.
+                backend.release()
+                held = False
+                token = await backend.acquire()
+                held = True
+            raise AssertionError("unreachable")  # pragma: no cover
+        except asyncio.CancelledError as exc:
+            if self._closed and task is not None and _CLOSE_MESSAGE in exc.args:
+                _uncancel(task)
+                raise ModelClosedError("the model was closed during the request") from None
+            raise
+        finally:
+            if held:
+                backend.release()
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def _tokenize(
+        self, body: dict[str, Any], messages: list[Mapping[str, Any]] | None = None
+    ) -> int:
+        backend = self._backend or await self._get_backend()
+        assert self._http is not None
+        http = self._http
+        headers = {"Authorization": f"Bearer {backend.api_key}"} if backend.api_key else {}
+
+        async def send(_client: openai.AsyncOpenAI) -> Any:
+            return await http.post(
+                f"{backend.base_url}/tokenize", json=body, headers=headers, timeout=self._timeout
+            )
+
+        try:
+            response = await self._call(send, keep_lease=False)
+        except _http.httpx.TransportError as exc:
+            raise ServerUnavailableError(f"/tokenize failed: {type(exc).__name__}") from exc
+        if response.status_code == 200:
+            count = response.json().get("count")
+            if isinstance(count, int):
+                return count
+        if messages is None or response.status_code not in (404, 405):
+            raise RequestError(
+                f"/tokenize answered {response.status_code}: {response.text[:200]}",
+                status_code=response.status_code,
+            )
+        # Not an SGLang server: count via the usage of a one-token completion.
+        completion = await self._request(
+            {"messages": messages, "max_tokens": 1}
+        )
+        if completion.usage is None:
+            raise RequestError("the server reports no usage; cannot count tokens")
+        return completion.usage.prompt_tokens
+
+
+def _uncancel(task: asyncio.Task[Any]) -> None:
+    uncancel = getattr(task, "uncancel", None)
+    if uncancel is not None:
+        uncancel()
+
+
+def _parse(completion: ChatCompletion, into: type[pydantic.BaseModel]) -> ChatCompletion:
+    choices = []
+    for choice in completion.choices:
+        raw = choice.message.content
+        if choice.finish_reason == "length":
+            raise StructuredOutputError(
+                "the reply was cut at max_tokens before the JSON was complete", raw=raw
+            )
+        try:
+            parsed = into.model_validate_json(raw or "")
+        except pydantic.ValidationError as exc:
+            raise StructuredOutputError(
+                f"the reply does not validate against {into.__name__}: "
+                f"{exc.errors()[0]['msg'] if exc.errors() else exc}",
+                raw=raw,
+            ) from exc
+        dumped = choice.model_dump()
+        dumped["message"]["parsed"] = parsed
+        choices.append(dumped)
+    data = completion.model_dump()
+    data["choices"] = choices
+    result: ParsedChatCompletion[Any] = ParsedChatCompletion[into].model_validate(  # type: ignore[valid-type]
+        data
+    )
+    return result

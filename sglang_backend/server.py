@@ -1,0 +1,483 @@
+"""The server lifecycle: one explicit state machine per model.
+
+::
+
+    CREATED ──start──▶ STARTING ──ready──▶ READY ──idle/stop──▶ STOPPING ──▶ STOPPED
+                          │  ▲                │                                  │
+                          │  └──────── next request relaunches ◀─────────────────┘
+                          ▼                   ▼ (process died)
+                        FAILED ◀──────────────┘          (next request relaunches)
+    any state ──aclose()──▶ CLOSED (final)
+
+Rules (see DESIGN.md, "Lifecycle"):
+
+* Single flight: concurrent first requests share one start.
+* Admission and going idle are mutually exclusive: both are decided synchronously on the
+  event loop (no ``await`` between the check and the state change), so a request is either
+  admitted to a READY server, which then cannot go idle until it is released, or it waits for
+  the stop to finish and relaunches the server.
+* Cancelling every waiter of a start cancels the start, which kills the half-started tree.
+* The API key never appears in logs or errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import secrets
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _http
+from ._process import Phase, ServerProcess, describe_returncode
+from .config import ServerConfig
+from .errors import (
+    ModelClosedError,
+    PortInUseError,
+    ServerCrashedError,
+    ServerError,
+    ServerUnavailableError,
+)
+from .watchdog import InactivityWatchdog
+
+__all__ = ["LaunchedServer", "PortReservation", "RemoteServer", "ServerEvent", "ServerState"]
+
+logger = logging.getLogger("sglang_backend.server")
+
+
+class ServerState(str, enum.Enum):
+    """Where a model's server is in its lifecycle."""
+
+    CREATED = "created"
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class ServerEvent:
+    """Something that happened to the server, passed to ``on_event`` and logged.
+
+    ``kind`` is one of: ``launching``, ``phase``, ``ready``, ``start_failed``,
+    ``idle_stopped``, ``stopped``, ``crashed``, ``relaunching``, ``closed``.
+    """
+
+    kind: str
+    pid: int | None = None
+    base_url: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    time: float = field(default_factory=time.time)
+
+
+EventCallback = Callable[[ServerEvent], None]
+
+
+def _connect_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+def _url(host: str, port: int) -> str:
+    host = _connect_host(host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+class PortReservation:
+    """Holds a bound, non-listening socket on the server's port for the model's lifetime.
+
+    SGLang's uvicorn binds with SO_REUSEADDR, which Linux allows next to our socket while ours
+    is not listening; meanwhile no other process is handed this port by ``bind(0)``. So a free
+    port is never raced, and the URL stays the same across idle stops and relaunches.
+    """
+
+    def __init__(self, host: str, port: int | None) -> None:
+        family = socket.AF_INET6 if ":" in _connect_host(host) else socket.AF_INET
+        self._host = host
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self._sock.bind((host, port or 0))
+        except OSError:
+            self._sock.close()
+            raise PortInUseError(host, port or 0) from None
+        self.port: int = self._sock.getsockname()[1]
+
+    def check_free(self) -> None:
+        """Raise PortInUseError if another process now listens on the port."""
+        family = self._sock.family
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((self._host, self.port))
+            except OSError:
+                raise PortInUseError(self._host, self.port) from None
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class _Backend:
+    """What the model needs from a server: admission, readiness, error classification."""
+
+    base_url: str
+    api_key: str | None
+    managed: bool
+
+    def __init__(self, on_event: EventCallback | None) -> None:
+        self._on_event = on_event
+        self.state = ServerState.CREATED
+        self.inflight = 0
+
+    def emit(self, kind: str, pid: int | None = None, **detail: Any) -> None:
+        event = ServerEvent(kind, pid=pid, base_url=getattr(self, "base_url", None), detail=detail)
+        logger.info("server event %s pid=%s %s", kind, pid, detail or "")
+        if self._on_event is not None:
+            try:
+                self._on_event(event)
+            except Exception:
+                logger.exception("on_event callback raised for %s", kind)
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    async def acquire(self) -> object:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def release(self) -> None:
+        self.inflight -= 1
+
+    async def start(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    async def recover(self, token: object, exc: BaseException, *, sent: bool) -> bool:
+        """A request on ``token`` failed with a transport error: retry (True) or raise.
+
+        Raises a typed error when the server is known to have died.
+        """
+        raise NotImplementedError  # pragma: no cover - interface
+
+    async def aclose(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class RemoteServer(_Backend):
+    """Connect mode: a server (or sglang-router) someone else runs. Never launched or stopped."""
+
+    managed = False
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None,
+        client: _http.httpx.AsyncClient,
+        *,
+        startup_timeout: float,
+        on_event: EventCallback | None = None,
+    ) -> None:
+        super().__init__(on_event)
+        self.base_url = url
+        self.api_key = api_key
+        self._client = client
+        self._timeout = startup_timeout
+
+    async def acquire(self) -> object:
+        if self.state is ServerState.CLOSED:
+            raise ModelClosedError("the model is closed")
+        self.inflight += 1
+        return None
+
+    async def start(self) -> None:
+        if self.state is ServerState.CLOSED:
+            raise ModelClosedError("the model is closed")
+        await self.wait_healthy(self._timeout)
+        self.state = ServerState.READY
+        self.emit("ready")
+
+    async def wait_healthy(self, timeout: float) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        delay = 0.05
+        last: str = "no answer"
+        while True:
+            try:
+                response = await self._client.get(f"{self.base_url}/health", timeout=30.0)
+                if response.status_code == 200:
+                    return
+                last = f"/health answered {response.status_code}"
+            except _http.httpx.TransportError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise ServerUnavailableError(
+                    f"the server at {self.base_url} was not healthy within {timeout:g} s ({last})"
+                )
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 1.0)
+
+    async def recover(self, token: object, exc: BaseException, *, sent: bool) -> bool:
+        if sent:
+            return False
+        # Not connected: the server may be restarting; wait on its health, then retry once.
+        await self.wait_healthy(self._timeout)
+        return True
+
+    async def aclose(self) -> None:
+        self.state = ServerState.CLOSED
+
+
+class LaunchedServer(_Backend):
+    """Launch mode: the library owns the server process from launch to teardown."""
+
+    managed = True
+
+    def __init__(
+        self,
+        model_path: str,
+        config: ServerConfig,
+        client: _http.httpx.AsyncClient,
+        *,
+        api_key: str | None = None,
+        on_event: EventCallback | None = None,
+        on_phase: Callable[[Phase], None] | None = None,
+    ) -> None:
+        super().__init__(on_event)
+        self.model_path = model_path
+        self.config = config
+        self._client = client
+        self.api_key = api_key or (
+            config.api_key.get_secret_value() if config.api_key else secrets.token_urlsafe(24)
+        )
+        self._on_phase = on_phase
+        self._reservation: PortReservation | None = None
+        self.process: ServerProcess | None = None
+        self.error: BaseException | None = None
+        self._start_task: asyncio.Task[None] | None = None
+        self._start_waiters = 0
+        self._stop_task: asyncio.Task[None] | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self._launches = 0
+        self._watchdog = InactivityWatchdog(config.inactivity_timeout, self._idle_stop)
+        self.base_url = ""
+
+    # -- observable state -------------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        process = self.process
+        return process.pid if process is not None and process.returncode is None else None
+
+    @property
+    def launches(self) -> int:
+        """How many times a server process was launched (relaunches included)."""
+        return self._launches
+
+    # -- admission ----------------------------------------------------------------------
+    async def acquire(self) -> object:
+        """Admit one request; start or relaunch the server first if needed.
+
+        Returns the process the request runs on (pass it back to :meth:`recover`).
+        """
+        while True:
+            if self.state is ServerState.READY:
+                self.inflight += 1
+                self._watchdog.touch()
+                return self.process
+            await self._ensure_ready()
+
+    def release(self) -> None:
+        self.inflight -= 1
+        self._watchdog.touch()
+
+    async def start(self) -> None:
+        await self._ensure_ready()
+
+    async def _ensure_ready(self) -> None:
+        state = self.state
+        if state is ServerState.CLOSED:
+            raise ModelClosedError("the model is closed")
+        if state is ServerState.READY:
+            return
+        if state is ServerState.STOPPING:
+            assert self._stop_task is not None
+            await asyncio.shield(self._stop_task)
+            return
+        if self._start_task is None:
+            self._start_task = asyncio.ensure_future(self._start())
+            self._start_task.add_done_callback(self._start_done)
+        task = self._start_task
+        self._start_waiters += 1
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done() and self._start_waiters == 1:
+                # The last waiter gave up: abandon the start and kill the half-started tree.
+                task.cancel()
+                await asyncio.wait({task})
+            raise
+        finally:
+            self._start_waiters -= 1
+
+    def _start_done(self, task: asyncio.Task[None]) -> None:
+        self._start_task = None
+        if task.cancelled():
+            if self.state is ServerState.STARTING:
+                self.state = ServerState.STOPPED
+            return
+        exc = task.exception()
+        if exc is not None and self.state is ServerState.STARTING:
+            self.state = ServerState.FAILED
+            self.error = exc
+
+    # -- start ------------------------------------------------------------------------
+    async def _start(self) -> None:
+        relaunch = self._launches > 0
+        self.state = ServerState.STARTING
+        self.error = None
+        if self._reservation is None:
+            self._reservation = PortReservation(self.config.host, self.config.port)
+            self.base_url = _url(self.config.host, self._reservation.port)
+        else:
+            self._reservation.check_free()
+        command = self.config.command(
+            self.model_path, port=self._reservation.port, api_key=self.api_key
+        )
+        self.emit("relaunching" if relaunch else "launching")
+        self._launches += 1
+        started = time.monotonic()
+        process = await ServerProcess.spawn(
+            command, env=self.config.env, secret=self.api_key, on_phase=self._phase
+        )
+        self.process = process
+        try:
+            await process.wait_ready(
+                health_url=f"{self.base_url}/health",
+                client=self._client,
+                timeout=self.config.startup_timeout,
+            )
+        except BaseException as exc:
+            # Failed, timed out or cancelled: nothing of the half-started tree may survive.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(process.kill())
+            if isinstance(exc, ServerError):
+                self.emit("start_failed", process.pid, error=exc.summary,
+                          returncode=process.returncode)
+            raise
+        self.state = ServerState.READY
+        self.emit("ready", process.pid, duration=round(time.monotonic() - started, 3))
+        self._monitor = asyncio.ensure_future(self._watch_exit(process))
+        self._watchdog.start()
+
+    def _phase(self, phase: Phase) -> None:
+        self.emit("phase", self.pid, phase=phase.name, elapsed=round(phase.elapsed, 3),
+                  line=phase.line)
+
+    async def _watch_exit(self, process: ServerProcess) -> None:
+        code = await process.exited
+        if self.process is not process or self.state is not ServerState.READY:
+            return
+        # Died while serving: report, clean up what is left of the tree, relaunch on demand.
+        await process.wait_output_closed(0.2)
+        self.error = ServerCrashedError(
+            f"the server (pid {process.pid}) died while serving with {describe_returncode(code)}",
+            returncode=code,
+            command=process.masked_command,
+            log_tail=process.log_tail(),
+        )
+        self.state = ServerState.FAILED
+        self._watchdog.stop()
+        self.emit("crashed", process.pid, returncode=code)
+        await process.kill()
+
+    async def recover(self, token: object, exc: BaseException, *, sent: bool) -> bool:
+        process = token if isinstance(token, ServerProcess) else None
+        if process is not None and process.returncode is None:
+            # The connection drops a few ms before the exit is reported: wait for it briefly.
+            await asyncio.wait({process.exited}, timeout=0.5)
+        if process is not None and process.returncode is not None:
+            if self.state is ServerState.CLOSED:
+                raise ModelClosedError("the model was closed during the request") from exc
+            if self.state in (ServerState.STOPPING, ServerState.STOPPED) and not sent:
+                return True  # stopped before the request got through: relaunch and retry
+            raise ServerCrashedError(
+                f"the server (pid {process.pid}) died during the request with "
+                f"{describe_returncode(process.returncode)}",
+                returncode=process.returncode,
+                command=process.masked_command,
+                log_tail=process.log_tail(),
+            ) from exc
+        return not sent
+
+    # -- stop -------------------------------------------------------------------------
+    def _idle_stop(self) -> bool:
+        """Called by the watchdog, synchronously: the admission check and this state change
+        happen in one step of the loop, so no request can slip in between."""
+        if self.state is not ServerState.READY:
+            return True
+        if self.inflight:
+            return False
+        self._begin_stop("idle")
+        return True
+
+    def _begin_stop(self, reason: str) -> asyncio.Task[None]:
+        if self._stop_task is None:
+            self.state = ServerState.STOPPING
+            self._watchdog.stop()
+            self._stop_task = asyncio.ensure_future(self._stop(reason))
+        return self._stop_task
+
+    async def _stop(self, reason: str) -> None:
+        process = self.process
+        try:
+            if process is not None:
+                started = time.monotonic()
+                code = await process.terminate(self.config.shutdown_timeout)
+                self.emit(
+                    "idle_stopped" if reason == "idle" else "stopped",
+                    process.pid,
+                    returncode=code,
+                    duration=round(time.monotonic() - started, 3),
+                )
+        finally:
+            if self._monitor is not None:
+                self._monitor.cancel()
+                self._monitor = None
+            self._stop_task = None
+            if self.state is ServerState.STOPPING:
+                self.state = ServerState.STOPPED
+
+    async def stop(self) -> None:
+        """Stop the server now (it relaunches on the next request)."""
+        if self._start_task is not None:
+            self._start_task.cancel()
+            await asyncio.wait({self._start_task})
+        if self.state is ServerState.READY or self._stop_task is not None:
+            await asyncio.shield(self._begin_stop("stop"))
+        elif self.process is not None and self.process.returncode is None:
+            await self.process.kill()
+
+    async def aclose(self) -> None:
+        if self.state is ServerState.CLOSED:
+            return
+        try:
+            await self.stop()
+        finally:
+            self.state = ServerState.CLOSED
+            self._watchdog.stop()
+            if self._monitor is not None:
+                self._monitor.cancel()
+            if self._reservation is not None:
+                self._reservation.close()
+            self.emit("closed")
+

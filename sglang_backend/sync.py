@@ -1,0 +1,301 @@
+"""SGLangModel: the blocking facade over :class:`~sglang_backend.AsyncSGLangModel`.
+
+It owns an event loop in a worker thread (anyio's blocking portal) for its whole life, so the
+watchdog keeps working while the caller is idle, and it works from threads that already run an
+event loop (a Jupyter cell, an async framework calling sync code). Every method delegates to
+the async model; nothing here knows about servers or HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import warnings
+import weakref
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from concurrent.futures import CancelledError as FutureCancelledError
+from concurrent.futures import Future
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from .config import ServerConfig
+from .errors import ModelClosedError
+from .model import AsyncSGLangModel, ChatStream
+from .server import EventCallback, ServerState
+
+__all__ = ["SGLangModel", "SyncChatStream", "SyncTokenCounter"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class _Portal:
+    """The loop thread. Started on first use, stopped by close() or the finalizer."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cm: contextlib.AbstractContextManager[BlockingPortal] | None = None
+        self._portal: BlockingPortal | None = None
+        self._thread_id: int | None = None
+        self._stopped = False
+
+    def get(self) -> BlockingPortal:
+        portal = self._portal
+        if portal is not None:
+            return portal
+        with self._lock:
+            if self._stopped:
+                raise ModelClosedError("the model is closed")
+            if self._portal is None:
+                cm = start_blocking_portal(name="sglang-backend-loop")
+                portal = cm.__enter__()
+                self._thread_id = portal.call(threading.get_ident)
+                self._cm, self._portal = cm, portal
+            return self._portal
+
+    @property
+    def started(self) -> bool:
+        return self._portal is not None
+
+    def in_loop_thread(self) -> bool:
+        return self._thread_id == threading.get_ident()
+
+    def call(self, func: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``func`` on the loop and wait; Ctrl-C (or any interruption) cancels it there."""
+        future: Future[T] = self.get().start_task_soon(
+            lambda: func(*args, **kwargs)  # type: ignore[arg-type, return-value]
+        )
+        try:
+            return future.result()
+        except BaseException:
+            if not future.done():
+                future.cancel()
+                with contextlib.suppress(BaseException):
+                    future.result()
+            raise
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            cm, self._cm, self._portal = self._cm, None, None
+        if cm is not None:
+            cm.__exit__(None, None, None)
+
+
+class _Runtime:
+    """What the finalizer needs (never the facade itself)."""
+
+    def __init__(self, model: AsyncSGLangModel) -> None:
+        self.model = model
+        self.portal = _Portal()
+        self.closed = False
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if self.portal.started:
+                self.portal.call(self.model.aclose)
+        finally:
+            self.portal.stop()
+
+    def finalize(self) -> None:
+        if self.closed:
+            return
+        if self.portal.started and self.model.state is not ServerState.CLOSED:
+            warnings.warn(
+                f"{self.model!r} was never closed; use `with SGLangModel(...)` or call close()",
+                ResourceWarning,
+                stacklevel=2,
+            )
+        if self.portal.in_loop_thread():  # collected on the loop thread: cannot block here
+            self.closed = True
+            self.portal.get().start_task_soon(self.model.aclose)
+            return
+        self.close()
+
+
+async def _next_chunk(stream: ChatStream) -> ChatCompletionChunk | None:
+    try:
+        return await stream.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+class SyncChatStream(Iterator[ChatCompletionChunk]):
+    """A plain iterator of ``ChatCompletionChunk``; breaking out of the loop closes it."""
+
+    def __init__(self, portal: _Portal, stream: ChatStream) -> None:
+        self._portal = portal
+        self._stream = stream
+
+    def __iter__(self) -> SyncChatStream:
+        return self
+
+    def __next__(self) -> ChatCompletionChunk:
+        chunk = self._portal.call(_next_chunk, self._stream)
+        if chunk is None:
+            raise StopIteration
+        return chunk
+
+    def close(self) -> None:
+        """Close the HTTP stream (idempotent)."""
+        if not self._stream.closed:
+            self._portal.call(self._stream.aclose)
+
+    def __enter__(self) -> SyncChatStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not self._stream.closed and self._portal.started:
+            with contextlib.suppress(RuntimeError):
+                self._portal.get().start_task_soon(self._stream.aclose)
+
+
+class SyncTokenCounter:
+    """Blocking twin of :class:`~sglang_backend.SGLangTokenCounter`."""
+
+    def __init__(self, portal: _Portal, model: AsyncSGLangModel) -> None:
+        self._portal = portal
+        self._model = model
+
+    def count_tokens_from_messages(self, messages: Any) -> int:
+        counter = self._model.token_counter
+        result: int = self._portal.call(counter.count_tokens_from_messages, messages)
+        return result
+
+    def count_text(self, text: str) -> int:
+        counter = self._model.token_counter
+        result: int = self._portal.call(counter.count_text, text)
+        return result
+
+
+class SGLangModel:
+    """Blocking SGLang chat model (CAMEL's ``SGLangModel`` API) over :class:`AsyncSGLangModel`.
+
+    Same arguments as :class:`AsyncSGLangModel`. Use as ``with SGLangModel(...) as model:`` or
+    call :meth:`close` / :meth:`cleanup` when done (a forgotten model is still stopped when
+    garbage collected or at interpreter exit, with a ``ResourceWarning``). Thread-safe.
+    """
+
+    def __init__(
+        self,
+        model_type: Any,
+        model_config_dict: Mapping[str, Any] | None = None,
+        api_key: str | None = None,
+        url: str | None = None,
+        token_counter: Any = None,
+        timeout: float | None = None,
+        *,
+        server: ServerConfig | None = None,
+        on_event: EventCallback | None = None,
+    ) -> None:
+        self._async = AsyncSGLangModel(
+            model_type, model_config_dict, api_key, url, None, timeout,
+            server=server, on_event=on_event,
+        )
+        self._user_counter = token_counter
+        self._runtime = _Runtime(self._async)
+        self._finalizer = weakref.finalize(self, self._runtime.finalize)
+
+    # -- delegated state ------------------------------------------------------------------
+    @property
+    def async_model(self) -> AsyncSGLangModel:
+        """The async model this facade drives."""
+        return self._async
+
+    @property
+    def model_type(self) -> str:
+        return self._async.model_type
+
+    @property
+    def model_config_dict(self) -> dict[str, Any]:
+        return self._async.model_config_dict
+
+    @property
+    def stream(self) -> bool:
+        return self._async.stream
+
+    @property
+    def state(self) -> ServerState:
+        return self._async.state
+
+    @property
+    def pid(self) -> int | None:
+        return self._async.pid
+
+    @property
+    def base_url(self) -> str | None:
+        return self._async.base_url
+
+    @property
+    def api_key(self) -> str | None:
+        return self._async.api_key
+
+    @property
+    def token_counter(self) -> Any:
+        """The user's counter if one was given, else a :class:`SyncTokenCounter`."""
+        if self._user_counter is None:
+            self._user_counter = SyncTokenCounter(self._runtime.portal, self._async)
+        return self._user_counter
+
+    def check_model_config(self) -> None:
+        self._async.check_model_config()
+
+    def __repr__(self) -> str:
+        return f"SGLangModel({self._async.model_type!r}, state={self.state.value})"
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Launch (or check) the server and wait until it is ready."""
+        self._runtime.portal.call(self._async.start)
+
+    def is_ready(self) -> bool:
+        return self._runtime.portal.call(self._async.is_ready)
+
+    def stop(self) -> None:
+        """Stop a launched server now; the next request relaunches it."""
+        self._runtime.portal.call(self._async.stop)
+
+    def close(self) -> None:
+        """Stop the server and the loop thread. Idempotent."""
+        self._runtime.close()
+        self._finalizer.detach()
+
+    cleanup = close
+
+    def __enter__(self) -> SGLangModel:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- chat -----------------------------------------------------------------------------
+    def run(
+        self,
+        messages: Any,
+        response_format: Any = None,
+        tools: Any = None,
+        *,
+        stream: bool | None = None,
+    ) -> ChatCompletion | SyncChatStream:
+        """Blocking :meth:`AsyncSGLangModel.run`; streams come back as a plain iterator."""
+        result = self._runtime.portal.call(
+            self._async.run, messages, response_format, tools, stream=stream
+        )
+        if isinstance(result, ChatStream):
+            return SyncChatStream(self._runtime.portal, result)
+        return result

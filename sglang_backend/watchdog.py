@@ -1,0 +1,60 @@
+"""The inactivity watchdog: an asyncio task that stops an idle server.
+
+It reads a monotonic last-activity time; the owner keeps the in-flight count. When the
+server has been idle for ``timeout`` seconds it calls ``on_idle`` *synchronously*, and
+``on_idle`` re-checks the in-flight count and changes state in the same loop step — that is
+what makes going idle and admitting a request mutually exclusive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+__all__ = ["InactivityWatchdog"]
+
+
+class InactivityWatchdog:
+    """Calls ``on_idle()`` after ``timeout`` s without :meth:`touch`; ``None`` disables it.
+
+    ``on_idle`` returns True when it stopped the server (the watchdog then ends) and False
+    when requests are still in flight (the watchdog looks again shortly).
+    """
+
+    def __init__(self, timeout: float | None, on_idle: Callable[[], bool]) -> None:
+        self.timeout = timeout
+        self._on_idle = on_idle
+        self._last = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+
+    def touch(self) -> None:
+        """Record activity (a request admitted or finished)."""
+        self._last = time.monotonic()
+
+    @property
+    def idle_for(self) -> float:
+        """Seconds since the last activity."""
+        return time.monotonic() - self._last
+
+    def start(self) -> None:
+        """Begin watching (on the running loop)."""
+        self.touch()
+        if self.timeout is not None and self._task is None:
+            self._task = asyncio.ensure_future(self._run(self.timeout))
+
+    def stop(self) -> None:
+        """Stop watching."""
+        task, self._task = self._task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _run(self, timeout: float) -> None:
+        recheck = max(timeout / 10, 0.05)
+        while True:
+            remaining = timeout - self.idle_for
+            if remaining <= 0:
+                if self._on_idle():
+                    return
+                remaining = recheck  # requests in flight: their release will touch()
+            await asyncio.sleep(remaining)
