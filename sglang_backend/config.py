@@ -71,6 +71,11 @@ def _config_error(exc: ValidationError, what: str, allowed: list[str] | None = N
     return ConfigError(f"invalid {what}: " + "; ".join(problems))
 
 
+def _flag(flag: str, value: str) -> list[str]:
+    # argparse would read a value starting with "-" as the next flag: glue it on with "=".
+    return [f"{flag}={value}"] if value.startswith("-") else [flag, value]
+
+
 def _flag_name(arg: str) -> str:
     return arg.split("=", 1)[0]
 
@@ -205,9 +210,9 @@ class ServerConfig(BaseModel):
         base_gpu_id: int | None = None,
     ) -> list[str]:
         """SGLang flags for one server: model, bind address, key, typed options, extra_args."""
-        args = ["--model-path", model_path, "--host", self.host, "--port", str(port)]
+        args = [*_flag("--model-path", model_path), "--host", self.host, "--port", str(port)]
         if api_key is not None:
-            args += ["--api-key", api_key]
+            args += _flag("--api-key", api_key)
         values: Mapping[str, object] = {
             field: getattr(self, field) for field in _TYPED_FLAGS
         }
@@ -216,7 +221,7 @@ class ServerConfig(BaseModel):
         for field, flags in _TYPED_FLAGS.items():
             value = values[field]
             if value is not None:
-                args += [flags[0], str(value)]
+                args += _flag(flags[0], str(value))
         args += list(self.extra_args)
         return args
 

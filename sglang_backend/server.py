@@ -80,6 +80,11 @@ class ServerEvent:
 EventCallback = Callable[[ServerEvent], None]
 
 
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("cleanup failed", exc_info=task.exception())
+
+
 def _connect_host(host: str) -> str:
     if host in ("0.0.0.0", ""):
         return "127.0.0.1"
@@ -258,7 +263,7 @@ class LaunchedServer(_Backend):
         self.config = config
         self._client = client
         self.api_key = api_key or (
-            config.api_key.get_secret_value() if config.api_key else secrets.token_urlsafe(24)
+            config.api_key.get_secret_value() if config.api_key else secrets.token_hex(24)
         )
         self._on_phase = on_phase
         self._reservation: PortReservation | None = None
@@ -384,11 +389,16 @@ class LaunchedServer(_Backend):
                   line=phase.line)
 
     async def _watch_exit(self, process: ServerProcess) -> None:
-        code = await process.exited
+        await process.exited
+        await process.wait_output_closed(0.2)
+        self._mark_crashed(process)
+
+    def _mark_crashed(self, process: ServerProcess) -> None:
+        """The process died while READY: fail over to FAILED at once (synchronously, so no
+        request is admitted to a dead server) and clean up what is left of its tree."""
         if self.process is not process or self.state is not ServerState.READY:
             return
-        # Died while serving: report, clean up what is left of the tree, relaunch on demand.
-        await process.wait_output_closed(0.2)
+        code = process.returncode
         self.error = ServerCrashedError(
             f"the server (pid {process.pid}) died while serving with {describe_returncode(code)}",
             returncode=code,
@@ -398,26 +408,28 @@ class LaunchedServer(_Backend):
         self.state = ServerState.FAILED
         self._watchdog.stop()
         self.emit("crashed", process.pid, returncode=code)
-        await process.kill()
+        cleanup = asyncio.ensure_future(process.kill())
+        cleanup.add_done_callback(_log_failure)
 
     async def recover(self, token: object, exc: BaseException, *, sent: bool) -> bool:
         process = token if isinstance(token, ServerProcess) else None
         if process is not None and process.returncode is None:
             # The connection drops a few ms before the exit is reported: wait for it briefly.
             await asyncio.wait({process.exited}, timeout=0.5)
-        if process is not None and process.returncode is not None:
-            if self.state is ServerState.CLOSED:
-                raise ModelClosedError("the model was closed during the request") from exc
-            if self.state in (ServerState.STOPPING, ServerState.STOPPED) and not sent:
-                return True  # stopped before the request got through: relaunch and retry
-            raise ServerCrashedError(
-                f"the server (pid {process.pid}) died during the request with "
-                f"{describe_returncode(process.returncode)}",
-                returncode=process.returncode,
-                command=process.masked_command,
-                log_tail=process.log_tail(),
-            ) from exc
-        return not sent
+        if process is None or process.returncode is None:
+            return not sent
+        self._mark_crashed(process)
+        if self.state is ServerState.CLOSED:
+            raise ModelClosedError("the model was closed during the request") from exc
+        if not sent:
+            return True  # never reached the dead server: relaunch and retry
+        raise ServerCrashedError(
+            f"the server (pid {process.pid}) died during the request with "
+            f"{describe_returncode(process.returncode)}",
+            returncode=process.returncode,
+            command=process.masked_command,
+            log_tail=process.log_tail(),
+        ) from exc
 
     # -- stop -------------------------------------------------------------------------
     def _idle_stop(self) -> bool:
