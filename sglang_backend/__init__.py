@@ -4,7 +4,7 @@
 scripts and notebooks; both are context managers and keep CAMEL's ``SGLangModel`` surface.
 """
 
-from .config import SGLangConfig, ServerConfig
+from .config import ServerConfig, SGLangConfig
 from .errors import (
     AuthenticationError,
     BadRequestError,
@@ -15,12 +15,12 @@ from .errors import (
     PortInUseError,
     RequestError,
     RequestTimeoutError,
-    SGLangError,
     ServerCrashedError,
     ServerError,
     ServerStartError,
     ServerStartTimeout,
     ServerUnavailableError,
+    SGLangError,
     StructuredOutputError,
     ToolCallParserMissingError,
 )

@@ -15,7 +15,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk, ParsedChatCom
 
 from . import _http
 from ._requests import build_response_format, check_messages, check_tools
-from .config import SGLangConfig, ServerConfig
+from .config import ServerConfig, SGLangConfig
 from .errors import (
     AuthenticationError,
     BadRequestError,
@@ -402,19 +402,20 @@ class AsyncSGLangModel:
     async def _prepare(self) -> None:
         # Building the client (SSL context, certificate files) and the SDK's lazy imports cost
         # tens of ms; they run in a thread so the event loop never stalls.
-        self._http, self._client = await asyncio.to_thread(self._build_clients)
+        http, self._client = await asyncio.to_thread(self._build_clients)
+        self._http = http
         if self._closed:
-            await self._http.aclose()
+            await http.aclose()
             raise ModelClosedError("the model is closed")
         if self._url is not None:
             self._backend = RemoteServer(
-                self._url, self._api_key, self._http,
+                self._url, self._api_key, http,
                 startup_timeout=self._timeout, on_event=self._on_event,
             )
         else:
             assert self._server_config is not None
             backend = LaunchedServer(
-                self.model_type, self._server_config, self._http,
+                self.model_type, self._server_config, http,
                 api_key=self._api_key, on_event=self._on_event,
             )
             self._backend = backend

@@ -13,7 +13,6 @@ import threading
 import warnings
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from concurrent.futures import CancelledError as FutureCancelledError
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
@@ -66,7 +65,7 @@ class _Portal:
     def call(self, func: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``func`` on the loop and wait; Ctrl-C (or any interruption) cancels it there."""
         future: Future[T] = self.get().start_task_soon(
-            lambda: func(*args, **kwargs)  # type: ignore[arg-type, return-value]
+            lambda: func(*args, **kwargs)
         )
         try:
             return future.result()
