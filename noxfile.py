@@ -1,4 +1,15 @@
-"""Developer sessions: nox -s tests | lint | typecheck | docs | bench | soak | compat."""
+"""Developer sessions. ``nox -l`` lists them; ``nox`` runs lint, typecheck, tests and docs.
+
+tests        the test suite (stand-in server + real sglang-router)
+lint         ruff
+typecheck    mypy --strict on the package
+docs         mkdocs build --strict
+bench        side-by-side benchmarks (bench/run.py) -> bench/results.json, docs/benchmarks.md
+soak         the long reliability runs (opt-in)
+compat       the suite against both openai generations and the dependency range ends
+sglang-real  command lines and protocol judged by real SGLang code (sglang 0.5.23, CPU)
+integrations agent frameworks (CAMEL, pydantic-ai, LangChain, OpenAI Agents) on the stand-in
+"""
 
 from __future__ import annotations
 
@@ -6,6 +17,7 @@ import nox
 
 nox.options.sessions = ["lint", "typecheck", "tests", "docs"]
 nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
 
@@ -19,9 +31,9 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff: lint and formatting checks."""
+    """ruff lint."""
     session.install("ruff>=0.6")
-    session.run("ruff", "check", "sglang_backend", "tests", "bench", "noxfile.py")
+    session.run("ruff", "check", "sglang_backend", "tests", "bench", "examples", "noxfile.py")
 
 
 @nox.session(python=PYTHON)
@@ -35,18 +47,18 @@ def typecheck(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     """Build the documentation site, warnings as errors."""
     session.install("-e", ".[dev]")
-    session.run("mkdocs", "build", "--strict", "--site-dir", str(session.create_tmp() + "/site"))
+    session.run("mkdocs", "build", "--strict", "--site-dir", session.create_tmp() + "/site")
 
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Side-by-side benchmarks against the stand-in server (writes bench/results.json)."""
-    session.install("-e", ".[dev]")
-    session.run("python", "bench/lifecycle.py", *session.posargs)
+    """Side-by-side benchmarks against the stand-in server."""
+    session.install("-e", ".[dev,bench]")
+    session.run("python", "bench/run.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)
 def soak(session: nox.Session) -> None:
     """The long reliability runs (opt-in)."""
     session.install("-e", ".[dev]")
-    session.run("pytest", "tests/reliability", "-m", "slow", "--timeout=1800", *session.posargs)
+    session.run("pytest", "tests/reliability", "--soak", "--timeout=3600", *session.posargs)

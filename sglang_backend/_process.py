@@ -95,6 +95,7 @@ class ServerProcess:
     ready_seen: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = field(default_factory=time.monotonic)
     _readers: list[asyncio.Task[None]] = field(default_factory=list)
+    _phase_index: int = 0
     _exit: asyncio.Task[int] | None = None
 
     @property
@@ -175,10 +176,16 @@ class ServerProcess:
             if READY_LINE in line:
                 self.ready_seen.set()
             if self.on_phase is not None:
-                for pattern, phase in _PHASES:
-                    if pattern.search(line):
-                        self.on_phase(Phase(phase, line, time.monotonic() - self.started_at))
-                        break
+                self._detect_phase(line)
+
+    def _detect_phase(self, line: str) -> None:
+        # Phases only move forward: a late line matching an earlier phase is not reported.
+        for index, (pattern, phase) in enumerate(_PHASES):
+            if index >= self._phase_index and pattern.search(line):
+                self._phase_index = index + 1 if index < len(_PHASES) - 1 else index
+                assert self.on_phase is not None
+                self.on_phase(Phase(phase, line, time.monotonic() - self.started_at))
+                return
 
     async def wait_output_closed(self, timeout: float = 0.5) -> None:
         """Give the log readers a moment to take the last lines after an exit."""
