@@ -217,8 +217,8 @@ async def json_body(request: Request) -> Any:
         return json.loads(raw)
     except ValueError as exc:
         raise _BadRequest(
-            f"1 validation error:\n  {{'type': 'json_invalid', 'loc': ('body', {exc.pos if hasattr(exc, 'pos') else 0}), "
-            "'msg': 'JSON decode error'}",
+            "1 validation error:\n  {'type': 'json_invalid', "
+            f"'loc': ('body', {getattr(exc, 'pos', 0)}), 'msg': 'JSON decode error'}}",
             "Bad Request",
         ) from exc
 
@@ -433,9 +433,7 @@ def build_app(state: ServerState) -> FastAPI:
             return JSONResponse({"tokens": ids, "count": len(ids), "max_model_len": ctx})
         if isinstance(req.prompt, list):
             lists = [tok.encode(p) for p in req.prompt]
-            return JSONResponse(
-                {"tokens": lists, "count": [len(x) for x in lists], "max_model_len": ctx}
-            )
+            return JSONResponse({"tokens": lists, "count": [len(x) for x in lists], "max_model_len": ctx})
         ids = tok.encode(req.prompt or "")
         return JSONResponse({"tokens": ids, "count": len(ids), "max_model_len": ctx})
 
@@ -447,11 +445,11 @@ def build_app(state: ServerState) -> FastAPI:
         except ValidationError as exc:
             return openai_error(validation_message(exc), "Bad Request")
         skip = req.skip_special_tokens
-        if req.tokens and isinstance(req.tokens[0], list):
-            texts = [tok.decode(ids, skip_special_tokens=skip) for ids in req.tokens]  # type: ignore[arg-type]
+        tokens: list[Any] = list(req.tokens)
+        if tokens and isinstance(tokens[0], list):
+            texts = [tok.decode(ids, skip_special_tokens=skip) for ids in tokens]
             return JSONResponse({"text": texts})
-        text = tok.decode(req.tokens, skip_special_tokens=skip)  # type: ignore[arg-type]
-        return JSONResponse({"text": text})
+        return JSONResponse({"text": tok.decode(tokens, skip_special_tokens=skip)})
 
     for path in ("/tokenize", "/v1/tokenize"):
         app.add_api_route(path, tokenize, methods=["POST"])
@@ -463,9 +461,7 @@ def build_app(state: ServerState) -> FastAPI:
     def plan_chat(req: ChatCompletionRequest) -> ChatPlan:
         messages = [m.model_dump(exclude_none=True) for m in req.messages]
         tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
-        prompt = tok.render_chat(
-            messages, tools, continue_final_message=req.continue_final_message
-        )
+        prompt = tok.render_chat(messages, tools, continue_final_message=req.continue_final_message)
         prompt_tokens = len(tok.encode(prompt))
         limit = req.completion_limit()
         check_sampling(req.temperature, req.top_p, limit)
@@ -565,9 +561,7 @@ def build_app(state: ServerState) -> FastAPI:
         state.prompt_tokens_total += plan.prompt_tokens
         rid = req.rid or uuid.uuid4().hex
         if req.stream:
-            return StreamingResponse(
-                stream_chat(req, plan, rid, crash), media_type="text/event-stream"
-            )
+            return StreamingResponse(stream_chat(req, plan, rid, crash), media_type="text/event-stream")
         state.inflight += 1
         try:
             choices = []
@@ -606,7 +600,12 @@ def build_app(state: ServerState) -> FastAPI:
         message: dict[str, Any] = {"role": "assistant", "content": content, "reasoning_content": reasoning}
         finish: str = gen.finish_reason
         matched: int | str | None = gen.matched_stop
-        if plan.parse_calls and plan.call is not None and gen.finish_reason == "stop" and gen.matched_stop == tok.EOS_ID:
+        if (
+            plan.parse_calls
+            and plan.call is not None
+            and gen.finish_reason == "stop"
+            and gen.matched_stop == tok.EOS_ID
+        ):
             message["content"] = content.split("<tool_call>", 1)[0].strip()
             message["tool_calls"] = [
                 {
@@ -975,7 +974,6 @@ def build_app(state: ServerState) -> FastAPI:
                 try:
                     gen = decode(*single)
                     text = ""
-                    sent = 0
                     for step, piece in enumerate(gen.pieces):
                         if delay > 0:
                             await asyncio.sleep(delay)
@@ -990,8 +988,7 @@ def build_app(state: ServerState) -> FastAPI:
                             "meta_info": meta(rid, partial, single[0], done),
                         }
                         yield _sse(obj)
-                        sent += 1
-                        if crash and sent >= 2:
+                        if crash and step >= 1:
                             await asyncio.sleep(0.05)
                             await state.crash_now()
                     if crash:
@@ -1022,7 +1019,7 @@ def build_app(state: ServerState) -> FastAPI:
         finally:
             state.inflight -= 1
 
-    app.add_middleware(_AuthMiddleware, api_key=args.api_key)  # type: ignore[arg-type]
+    app.add_middleware(_AuthMiddleware, api_key=args.api_key)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=["*"],
@@ -1047,11 +1044,12 @@ def _prompt_texts(prompt: str | list[str] | list[int] | list[list[int]]) -> list
     """Normalize a completions ``prompt`` into texts."""
     if isinstance(prompt, str):
         return [prompt]
-    if prompt and isinstance(prompt[0], str):
-        return [str(p) for p in prompt]
-    if prompt and isinstance(prompt[0], int):
-        return [tok.decode(prompt)]  # type: ignore[arg-type]
-    return [tok.decode(ids) for ids in prompt]  # type: ignore[union-attr]
+    items: list[Any] = list(prompt)
+    if items and isinstance(items[0], str):
+        return [str(p) for p in items]
+    if items and isinstance(items[0], int):
+        return [tok.decode(items)]
+    return [tok.decode(ids) for ids in items]
 
 
 def _native_inputs(body: Mapping[str, Any]) -> tuple[list[tuple[str, int]], bool]:

@@ -21,7 +21,7 @@ _SUFFIXES = {
 
 
 def parse_token_count(text: str) -> int:
-    """Parse ``32768``, ``32k`` (×1000) or ``32Ki`` (×1024) style token counts."""
+    """Parse ``32768``, ``32k`` (x1000) or ``32Ki`` (x1024) style token counts."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG][iI]?)?\s*", text)
     if match is None:
         raise argparse.ArgumentTypeError(f"invalid token count: {text!r}")

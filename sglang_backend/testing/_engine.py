@@ -65,10 +65,7 @@ def reply_text(user_text: str, tool_result: str | None = None) -> str:
 def think_text(user_text: str) -> str:
     """The thinking section produced when a reasoning parser is configured."""
     count = len(user_text.split())
-    return (
-        f"{THINK_OPEN}\nThe user wrote {count} words. "
-        f"I will answer deterministically.\n{THINK_CLOSE}\n\n"
-    )
+    return f"{THINK_OPEN}\nThe user wrote {count} words. I will answer deterministically.\n{THINK_CLOSE}\n\n"
 
 
 def json_text(schema: Mapping[str, Any] | None) -> str:
@@ -226,7 +223,9 @@ class StreamSplitter:
         else:
             reasoning, content = "", raw
         r_delta = reasoning[len(self.sent_reasoning) :] if reasoning.startswith(self.sent_reasoning) else ""
-        self.sent_reasoning = reasoning if r_delta or reasoning == self.sent_reasoning else self.sent_reasoning
+        self.sent_reasoning = (
+            reasoning if r_delta or reasoning == self.sent_reasoning else self.sent_reasoning
+        )
         if self.call is None:
             c_delta = content[len(self.sent_content) :]
             self.sent_content = content

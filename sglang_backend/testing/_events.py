@@ -10,7 +10,7 @@ import threading
 import time
 from typing import TextIO
 
-__all__ = ["EventLog", "LOG_DATEFMT", "LOG_FORMAT", "setup_logging"]
+__all__ = ["LOG_DATEFMT", "LOG_FORMAT", "EventLog", "setup_logging"]
 
 LOG_FORMAT = "[%(asctime)s] %(message)s"
 LOG_DATEFMT = "%Y-%m-%d %H:%M:%S"

@@ -13,7 +13,6 @@ E. ``/health`` 200 and ``The server is fired up and ready to roll!`` on stderr.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import logging
@@ -60,7 +59,7 @@ class Children:
         titles = [f"sglang::scheduler_TP{i}" for i in range(max(tp_size, 1))]
         titles.append("sglang::detokenizer")
         for title in titles:
-            proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            proc = subprocess.Popen(
                 # Run the file, not the module: importing the ``sglang_backend`` package
                 # (the client library) would cost every child a few hundred ms of CPU.
                 [sys.executable, _CHILD_SCRIPT, title, str(os.getpid())],
@@ -137,9 +136,7 @@ class Launcher:
 
     def die_with_tree(self) -> None:
         """SIGQUIT path: log like SGLang, SIGKILL the children and then ourselves."""
-        logger.error(
-            "Received sigquit from a child process. It usually means one child failed."
-        )
+        logger.error("Received sigquit from a child process. It usually means one child failed.")
         for handler in logging.getLogger().handlers:
             handler.flush()
         for proc in self.children.procs:
@@ -252,7 +249,7 @@ class Launcher:
         return sock
 
     def _serve(self) -> int:
-        """Phases C–E and shutdown."""
+        """Phases C-E and shutdown."""
         from sglang_backend.testing._server import configure_uvicorn_logging, serve
 
         configure_uvicorn_logging(self.args)

@@ -206,8 +206,7 @@ class ChatCompletionRequest(_SamplingFields):
             names = {tool.function.name for tool in self.tools}
             if choice.function.name not in names:
                 raise ValueError(
-                    f"Tool '{choice.function.name}' not found in tools list. "
-                    f"Available tools: {sorted(names)}"
+                    f"Tool '{choice.function.name}' not found in tools list. Available tools: {sorted(names)}"
                 )
         return self
 

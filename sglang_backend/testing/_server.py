@@ -62,6 +62,10 @@ def configure_uvicorn_logging(args: StandinArgs) -> None:
 class _Server(uvicorn.Server):
     """uvicorn server whose signals are handled by the stand-in and that ticks fast."""
 
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready_event = asyncio.Event()
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         """Leave signal handling to the stand-in (installed on the loop)."""
@@ -72,6 +76,7 @@ class _Server(uvicorn.Server):
         await super().startup(sockets=sockets)
         if sockets is not None and self.started:
             self._log_started_message(sockets)
+        self.ready_event.set()
 
     async def main_loop(self) -> None:
         """Check ``should_exit`` every 20 ms (uvicorn's own loop checks every 100 ms)."""
@@ -240,8 +245,9 @@ class _Runtime:
         loop.add_signal_handler(signal.SIGINT, self.on_sigint)
         loop.add_signal_handler(signal.SIGQUIT, self.launcher.die_with_tree)
         serve_task = asyncio.ensure_future(self.server.serve(sockets=[self.sock]))
-        while not self.server.started and not serve_task.done():
-            await asyncio.sleep(0.002)
+        waiter = asyncio.ensure_future(self.server.ready_event.wait())
+        await asyncio.wait({waiter, serve_task}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
         if self.server.started:
             self.launcher.events.write("listening")
             if self.args.skip_server_warmup:

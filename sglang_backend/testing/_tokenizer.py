@@ -8,6 +8,7 @@ vocabulary; the special tokens have Qwen2's ids.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -114,10 +115,8 @@ def _tool_call_text(call: Mapping[str, Any]) -> str:
     function = call.get("function") or {}
     arguments: Any = function.get("arguments") or "{}"
     if isinstance(arguments, str):
-        try:
+        with contextlib.suppress(ValueError):
             arguments = json.loads(arguments)
-        except ValueError:
-            pass
     payload = json.dumps({"name": function.get("name"), "arguments": arguments})
     return f"<tool_call>\n{payload}\n</tool_call>"
 

@@ -183,7 +183,10 @@ async def test_tool_calls_with_parser(client: openai.AsyncOpenAI) -> None:
     assert chatty.choices[0].finish_reason == "stop"
     assert chatty.choices[0].message.tool_calls is None
     forced = await client.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "just talk"}], tools=[WEATHER_TOOL], tool_choice="required"
+        model="m",
+        messages=[{"role": "user", "content": "just talk"}],
+        tools=[WEATHER_TOOL],
+        tool_choice="required",
     )
     assert forced.choices[0].finish_reason == "tool_calls"
     answered = await client.chat.completions.create(
@@ -256,9 +259,9 @@ async def test_tools_without_parser_and_reasoning(standins: StandinFactory) -> N
         )
         kinds = []
         async for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.model_extra:
-                if chunk.choices[0].delta.model_extra.get("reasoning_content"):
-                    kinds.append("r")
+            extra = chunk.choices[0].delta.model_extra if chunk.choices else None
+            if extra and extra.get("reasoning_content"):
+                kinds.append("r")
             if chunk.choices and chunk.choices[0].delta.content:
                 kinds.append("c")
         assert kinds[0] == "r"

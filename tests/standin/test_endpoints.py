@@ -188,14 +188,18 @@ async def test_unknown_fields_ignored(http: httpx2.AsyncClient) -> None:
 
 
 async def test_native_generate(http: httpx2.AsyncClient) -> None:
-    reply = (await http.post("/generate", json={"text": "Hi there", "sampling_params": {"max_new_tokens": 3}})).json()
+    reply = (
+        await http.post("/generate", json={"text": "Hi there", "sampling_params": {"max_new_tokens": 3}})
+    ).json()
     assert reply["meta_info"]["finish_reason"] == {"type": "length", "length": 3}
     assert len(reply["output_ids"]) == 3
     assert reply["meta_info"]["prompt_tokens"] == 2
     assert len(reply["meta_info"]["id"]) == 32
     done = (await http.post("/generate", json={"text": "Hi"})).json()
     assert done["meta_info"]["finish_reason"] == {"type": "stop", "matched": 151645}
-    batch = (await http.post("/generate", json={"text": ["a", "b"], "sampling_params": {"max_new_tokens": 2}})).json()
+    batch = (
+        await http.post("/generate", json={"text": ["a", "b"], "sampling_params": {"max_new_tokens": 2}})
+    ).json()
     assert isinstance(batch, list)
     assert len(batch) == 2
     unknown = await http.post("/generate", json={"text": "a", "sampling_params": {"bogus": 1}})
@@ -225,7 +229,9 @@ async def test_completions(shared: Standin) -> None:
         assert done.choices[0].finish_reason == "length"
         assert done.usage is not None
         assert done.usage.completion_tokens == 16
-        short = await client.completions.create(model="m", prompt="Hi", max_tokens=200, stop=["deterministic"])
+        short = await client.completions.create(
+            model="m", prompt="Hi", max_tokens=200, stop=["deterministic"]
+        )
         assert short.choices[0].finish_reason == "stop"
         assert "deterministic" not in short.choices[0].text
         pieces = []

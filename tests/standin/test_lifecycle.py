@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
 import httpx2
 import openai
@@ -56,8 +57,9 @@ def test_package_import_is_cheap() -> None:
 
 
 async def test_phases_health_and_events(standins: StandinFactory) -> None:
-    server = standins.launch("--standin-load-seconds", "0.6", "--standin-warmup-seconds", "1.0",
-                             env=FAST_HEALTH, wait=False)
+    server = standins.launch(
+        "--standin-load-seconds", "0.6", "--standin-warmup-seconds", "1.0", env=FAST_HEALTH, wait=False
+    )
     server.wait_for_line("Load weight begin")
     assert not _port_open(server.port)  # loading: port closed
     server.wait_for_line("Uvicorn running on")
@@ -70,8 +72,15 @@ async def test_phases_health_and_events(standins: StandinFactory) -> None:
         assert (await http.get("/health")).status_code == 200
         assert (await http.get("/ping")).status_code == 200
     stderr = server.stderr()
-    order = ["server_args=", "Load weight end", "KV Cache is allocated", "Capture cuda graph end",
-             "max_total_num_tokens=", "Uvicorn running on", READY_LINE]
+    order = [
+        "server_args=",
+        "Load weight end",
+        "KV Cache is allocated",
+        "Capture cuda graph end",
+        "max_total_num_tokens=",
+        "Uvicorn running on",
+        READY_LINE,
+    ]
     positions = [stderr.index(marker) for marker in order]
     assert positions == sorted(positions)
     assert f"'api_key': '{server.api_key}'" in stderr
@@ -119,7 +128,9 @@ async def test_sigterm_drains_in_flight(standins: StandinFactory) -> None:
     assert len(children) == 2
     async with _sdk(server) as client:
         slow = asyncio.ensure_future(
-            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=10)
+            client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=10
+            )
         )
         await asyncio.sleep(0.3)
         server.proc.send_signal(signal.SIGTERM)
@@ -170,13 +181,17 @@ async def test_crash_after(standins: StandinFactory, stream: bool) -> None:
         for _ in range(2):
             await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "ok"}])
         if stream:
-            received = []
-            with pytest.raises((openai.APIConnectionError, httpx2.HTTPError)):
-                response = await client.chat.completions.create(
-                    model="m", messages=[{"role": "user", "content": "one two three four five"}], stream=True
-                )
+            received: list[Any] = []
+            response = await client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "one two three four five"}], stream=True
+            )
+
+            async def consume() -> None:
                 async for chunk in response:
                     received.append(chunk)
+
+            with pytest.raises((openai.APIConnectionError, httpx2.HTTPError)):
+                await consume()
             assert len(received) >= 3  # role chunk + content chunks, then the connection drops
             assert all(c.choices[0].finish_reason is None for c in received)
         else:
@@ -194,7 +209,9 @@ async def test_token_delay(standins: StandinFactory) -> None:
     server = standins.launch("--standin-token-delay", "0.05")
     async with _sdk(server) as client:
         started = time.monotonic()
-        await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}], max_tokens=10)
+        await client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x"}], max_tokens=10
+        )
         assert time.monotonic() - started >= 0.5
         started = time.monotonic()
         stamps = []
@@ -219,7 +236,7 @@ def test_children_titles_and_death_with_parent(standins: StandinFactory) -> None
     assert all(child.gids() and child.pid != launcher.pid for child in children)
     server.proc.kill()
     server.proc.wait(5)
-    gone, alive = psutil.wait_procs(children, timeout=5)
+    _gone, alive = psutil.wait_procs(children, timeout=5)
     assert not [c for c in alive if c.status() != psutil.STATUS_ZOMBIE]
 
 

@@ -66,9 +66,7 @@ async def test_round_robin_over_two_standins(standins: StandinFactory, tmp_path:
             )
             text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
             assert text.startswith("You said: streamed.")
-        counts = Counter(
-            event["pid"] for w in workers for event in w.events() if event["event"] == "request"
-        )
+        counts = Counter(event["pid"] for w in workers for event in w.events() if event["event"] == "request")
         assert set(counts) == {w.proc.pid for w in workers}
         assert all(count >= 2 for count in counts.values())
     finally:
