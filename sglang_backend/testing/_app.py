@@ -106,6 +106,7 @@ class ServerState:
     inflight: int = 0
     requests_seen: int = 0
     crash: Callable[[], None] | None = None
+    die: Callable[[], None] | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     startup_time: float = field(default_factory=time.time)
     aborted: set[str] = field(default_factory=set)
@@ -135,6 +136,9 @@ class ServerState:
         logger.error("Stand-in: crashing on request %d (--standin-crash-after)", self.requests_seen)
         if self.crash is not None:
             self.crash()
+        await asyncio.sleep(3.0)  # the child's SIGQUIT normally ends us long before this
+        if self.die is not None:
+            self.die()
         await asyncio.Event().wait()
 
     def model_info(self) -> dict[str, Any]:

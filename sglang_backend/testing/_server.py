@@ -139,6 +139,7 @@ class _Runtime:
         self.state = ServerState(args=self.args, events=launcher.events)
         self.state.health_generation = env_health_generation()
         self.state.crash = launcher.crash_hook
+        self.state.die = launcher.die_with_tree
         self.app = build_app(self.state)
         config = uvicorn.Config(
             self.app,
