@@ -4,29 +4,59 @@
 scripts and notebooks; both are context managers and keep CAMEL's ``SGLangModel`` surface.
 """
 
-from .config import ServerConfig, SGLangConfig
-from .errors import (
-    AuthenticationError,
-    BadRequestError,
-    ConfigError,
-    InvalidRequestError,
-    LaunchCommandNotFoundError,
-    ModelClosedError,
-    PortInUseError,
-    RequestError,
-    RequestTimeoutError,
-    ServerCrashedError,
-    ServerError,
-    ServerStartError,
-    ServerStartTimeout,
-    ServerUnavailableError,
-    SGLangError,
-    StructuredOutputError,
-    ToolCallParserMissingError,
-)
-from .model import AsyncSGLangModel, ChatStream, SGLangTokenCounter
-from .server import ServerEvent, ServerState
-from .sync import SGLangModel
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import ServerConfig, SGLangConfig
+    from .errors import (
+        AuthenticationError,
+        BadRequestError,
+        ConfigError,
+        InvalidRequestError,
+        LaunchCommandNotFoundError,
+        ModelClosedError,
+        PortInUseError,
+        RequestError,
+        RequestTimeoutError,
+        ServerCrashedError,
+        ServerError,
+        ServerStartError,
+        ServerStartTimeout,
+        ServerUnavailableError,
+        SGLangError,
+        StructuredOutputError,
+        ToolCallParserMissingError,
+    )
+    from .model import AsyncSGLangModel, ChatStream, SGLangTokenCounter
+    from .server import ServerEvent, ServerState
+    from .sync import SGLangModel
+
+# Public names are imported on first use: `import sglang_backend.testing` (the stand-in
+# server's entry point) must not pay for the openai SDK it never uses.
+_LAZY = {
+    **dict.fromkeys(("SGLangConfig", "ServerConfig"), ".config"),
+    **dict.fromkeys(("AsyncSGLangModel", "ChatStream", "SGLangTokenCounter"), ".model"),
+    **dict.fromkeys(("ServerEvent", "ServerState"), ".server"),
+    "SGLangModel": ".sync",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        if name in __all__:
+            module = ".errors"
+        else:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __version__ = "0.1.0"
 

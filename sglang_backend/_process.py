@@ -40,6 +40,7 @@ logger = logging.getLogger("sglang_backend.server")
 T = TypeVar("T")
 
 READY_LINE = "The server is fired up and ready to roll!"
+LAUNCHER_ENV = "SGLANG_BACKEND_LAUNCHER_PID"
 LOG_TAIL_LINES = 20
 _RING_SIZE = 200
 _STREAM_LIMIT = 1 << 20  # SGLang's server_args line can be several KiB
@@ -133,6 +134,9 @@ class ServerProcess:
         full_env.setdefault("PYTHONUNBUFFERED", "1")
         if env:
             full_env.update(env)
+        # Marks the tree as ours (inherited by every descendant): tests and operators can
+        # tell which Python process launched a server.
+        full_env[LAUNCHER_ENV] = str(os.getpid())
         try:
             proc = await asyncio.create_subprocess_exec(
                 *command,

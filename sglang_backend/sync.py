@@ -14,6 +14,7 @@ import warnings
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
@@ -27,6 +28,8 @@ from .server import EventCallback, ServerState
 
 __all__ = ["SGLangModel", "SyncChatStream", "SyncTokenCounter"]
 
+_WAKE_INTERVAL = 0.2
+_CANCEL_WAIT = 10.0
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -63,17 +66,33 @@ class _Portal:
         return self._thread_id == threading.get_ident()
 
     def call(self, func: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run ``func`` on the loop and wait; Ctrl-C (or any interruption) cancels it there."""
-        future: Future[T] = self.get().start_task_soon(
-            lambda: func(*args, **kwargs)
-        )
+        """Run ``func`` on the loop and wait; Ctrl-C (or any interruption) cancels it there
+        and waits for the cancellation to finish, so the model is consistent afterwards."""
+        started = threading.Event()
+        finished = threading.Event()
+
+        async def runner() -> T:
+            started.set()
+            try:
+                return await func(*args, **kwargs)
+            finally:
+                finished.set()
+
+        future: Future[T] = self.get().start_task_soon(runner)
         try:
-            return future.result()
+            while True:
+                # A timed wait returns to Python code regularly, so Ctrl-C (and
+                # _thread.interrupt_main) is raised promptly even without EINTR.
+                try:
+                    return future.result(timeout=_WAKE_INTERVAL)
+                except FutureTimeoutError:
+                    if future.done():
+                        raise  # the call itself raised a TimeoutError
         except BaseException:
             if not future.done():
                 future.cancel()
-                with contextlib.suppress(BaseException):
-                    future.result()
+                if started.is_set():
+                    finished.wait(_CANCEL_WAIT)
             raise
 
     def stop(self) -> None:

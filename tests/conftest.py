@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,49 +14,53 @@ import psutil
 import pytest
 
 from sglang_backend import ServerConfig
+from sglang_backend._process import LAUNCHER_ENV
 from sglang_backend._reaper import reaper
 from sglang_backend.testing import standin_command
 
 MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
-_MARKERS = ("sglang_backend.testing", "sglang::", "sglang_router")
 
 
-def _server_processes() -> dict[int, float]:
-    found: dict[int, float] = {}
-    for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
+def _ours(started: float) -> dict[int, str]:
+    """Processes launched by this test process (or by a launcher of ours that has died)."""
+    me = os.getpid()
+    found: dict[int, str] = {}
+    for proc in psutil.process_iter(["pid", "create_time"]):
         try:
-            cmdline = " ".join(proc.info["cmdline"] or [])
+            marker = proc.environ().get(LAUNCHER_ENV)
         except psutil.Error:
             continue
-        if any(marker in cmdline for marker in _MARKERS) and proc.pid != reaper.watcher_pid:
-            found[proc.pid] = proc.info["create_time"]
+        if marker is None or proc.pid == reaper.watcher_pid:
+            continue
+        launcher = int(marker)
+        orphan = launcher != me and not psutil.pid_exists(launcher)
+        if launcher == me or (orphan and proc.info["create_time"] >= started - 1):
+            try:
+                found[proc.pid] = " ".join(proc.cmdline())
+            except psutil.Error:
+                continue
     return found
 
 
 @pytest.fixture(autouse=True)
 def no_leaked_processes() -> Iterator[None]:
-    """Fail a test that leaves a server, stand-in, child or router process running."""
-    before = _server_processes()
+    """Fail a test that leaves a server process (or any of its descendants) running.
+
+    Launched trees carry SGLANG_BACKEND_LAUNCHER_PID in their environment, so processes of
+    other test runs on the same machine are not mistaken for ours.
+    """
+    started = time.time()
     yield
     deadline = time.monotonic() + 5.0
-    while True:
-        leaked = {
-            pid: ct for pid, ct in _server_processes().items() if before.get(pid) != ct
-        }
-        if not leaked or time.monotonic() > deadline:
-            break
+    leaked = _ours(started)
+    while leaked and time.monotonic() < deadline:
         time.sleep(0.05)
+        leaked = _ours(started)
+    for pid in leaked:
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).kill()
     if leaked:
-        names = []
-        for pid in leaked:
-            try:
-                proc = psutil.Process(pid)
-                names.append(f"{pid}: {' '.join(proc.cmdline())}")
-                proc.kill()
-            except psutil.Error:
-                pass
-        if names:
-            pytest.fail("processes left behind:\n" + "\n".join(names))
+        pytest.fail("processes left behind:\n" + "\n".join(f"{p}: {c}" for p, c in leaked.items()))
 
 
 @pytest.fixture

@@ -79,9 +79,14 @@ def test_plain_use_lazy_start_and_cleanup(standin: Standin) -> None:
 
 
 def test_start_failure_is_typed(standin: Standin) -> None:
-    with SGLangModel(MODEL, server=standin(fail_at_load="no such model (stand-in)")) as model:
+    model = SGLangModel(MODEL, server=standin(fail_at_load="no such model (stand-in)"))
+    try:
         with pytest.raises(ServerStartError, match="no such model"):
             model.run(HELLO)
+        with pytest.raises(ServerStartError, match="no such model"), model:
+            pass  # __enter__ starts, and reports the same failure
+    finally:
+        model.close()
 
 
 def test_streaming_iterator_and_break_closes(standin: Standin) -> None:
