@@ -62,3 +62,34 @@ def soak(session: nox.Session) -> None:
     """The long reliability runs (opt-in)."""
     session.install("-e", ".[dev]")
     session.run("pytest", "tests/reliability", "--soak", "--timeout=3600", *session.posargs)
+
+
+# sglang 0.5.23 on CPU: its argument parser and OpenAI protocol models judge our command lines
+# and the stand-in (see shared/REAL_SGLANG.md). --no-deps: its metadata pins CUDA packages.
+SGLANG_REAL_DEPS = [
+    "torch==2.13.0", "triton", "numpy", "orjson", "psutil", "pybase64", "requests", "packaging",
+    "pillow", "starlette", "msgspec", "pydantic", "pyzmq", "tqdm", "ipython", "aiohttp",
+    "huggingface_hub", "openai==2.8.0",
+]
+
+
+@nox.session(name="sglang-real", python=PYTHON)
+def sglang_real(session: nox.Session) -> None:
+    """Command lines and protocol judged by real SGLang code (sglang 0.5.23 on CPU)."""
+    session.install("--no-deps", "sglang==0.5.23")
+    session.install(*SGLANG_REAL_DEPS)
+    session.install("-e", ".[testing]", "pytest", "pytest-asyncio", "pytest-timeout")
+    session.run("pytest", "tests/sglang_real", "-p", "no:cacheprovider", *session.posargs)
+
+
+INTEGRATIONS = ["camel", "pydantic_ai", "langchain", "openai_agents"]
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("framework", INTEGRATIONS)
+def integrations(session: nox.Session, framework: str) -> None:
+    """One agent framework per venv, on a server the library launches (the stand-in)."""
+    extra = framework.replace("_", "-")
+    session.install("-e", f".[testing,{extra}]", "pytest", "pytest-asyncio", "pytest-timeout")
+    session.run("pytest", f"tests/integrations/test_{framework}.py", "-p", "no:cacheprovider",
+                *session.posargs)

@@ -18,9 +18,9 @@ from sglang_backend import (
     ChatStream,
     ConfigError,
     InvalidRequestError,
-    SGLangConfig,
     ServerConfig,
     ServerState,
+    SGLangConfig,
     StructuredOutputError,
     ToolCallParserMissingError,
 )
@@ -245,7 +245,7 @@ async def test_tool_call_round_trip(model: AsyncSGLangModel) -> None:
 
 
 async def test_required_tool_choice_and_pydantic_tool(standin: Standin) -> None:
-    class lookup_order(BaseModel):  # noqa: N801 - the tool's name
+    class lookup_order(BaseModel):
         """Look an order up by id."""
 
         order_id: int
