@@ -1,0 +1,53 @@
+"""A plain blocking script: ``SGLangModel`` (CAMEL's API) as a context manager.
+
+No ``async`` anywhere: the model runs its event loop in a background thread, so this also
+works inside a Jupyter cell or any code that cannot ``await``.
+
+Run it anywhere: ``python examples/sync_script.py``. Without a GPU it launches the CPU stand-in
+server; set ``SGLANG_URL`` (and ``SGLANG_API_KEY``) to use a running server, or run it on a GPU
+machine with SGLang installed to launch the real thing (``SGLANG_MODEL`` picks the model;
+``SGLANG_BACKEND_STANDIN=1`` forces the stand-in).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from typing import Any
+
+from sglang_backend import ServerConfig, SGLangModel
+from sglang_backend.testing import standin_command
+
+MODEL = os.environ.get("SGLANG_MODEL", "Qwen/Qwen2.5-0.5B-Instruct")
+
+
+def model_options() -> dict[str, Any]:
+    """$SGLANG_URL if set; real SGLang on a GPU machine; else the CPU stand-in."""
+    if os.environ.get("SGLANG_URL"):
+        return {"url": os.environ["SGLANG_URL"], "api_key": os.environ.get("SGLANG_API_KEY")}
+    real = (
+        not os.environ.get("SGLANG_BACKEND_STANDIN")
+        and shutil.which("nvidia-smi") is not None
+        and importlib.util.find_spec("sglang") is not None
+    )
+    launch = None if real else tuple(standin_command())
+    return {"server": ServerConfig(launch_command=launch)}
+
+
+def main() -> None:
+    messages = [
+        {"role": "system", "content": "You are a concise assistant."},
+        {"role": "user", "content": "Give me one tip for writing clear Python."},
+    ]
+    with SGLangModel(MODEL, {"temperature": 0.2, "max_tokens": 64}, **model_options()) as model:
+        prompt_tokens = model.token_counter.count_tokens_from_messages(messages)
+        print(f"prompt tokens: {prompt_tokens}")
+        reply = model.run(messages)
+        print(f"reply: {reply.choices[0].message.content}")  # type: ignore[union-attr]
+        print(f"server: {model.base_url} (state {model.state.value})")
+    print(f"after the with block: state {model.state.value}")
+
+
+if __name__ == "__main__":
+    main()
