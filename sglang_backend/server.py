@@ -43,7 +43,11 @@ from .errors import (
     ServerError,
     ServerUnavailableError,
 )
+from .router import RouterGroup
 from .watchdog import InactivityWatchdog
+
+Supervised = ServerProcess | RouterGroup
+"""What a launched server is: one process tree, or workers behind an sglang-router."""
 
 __all__ = ["LaunchedServer", "PortReservation", "RemoteServer", "ServerEvent", "ServerState"]
 
@@ -267,7 +271,8 @@ class LaunchedServer(_Backend):
         )
         self._on_phase = on_phase
         self._reservation: PortReservation | None = None
-        self.process: ServerProcess | None = None
+        self.process: Supervised | None = None
+        self._worker_reservations: list[PortReservation] = []
         self.error: BaseException | None = None
         self._start_task: asyncio.Task[None] | None = None
         self._start_waiters = 0
@@ -355,45 +360,77 @@ class LaunchedServer(_Backend):
             self.base_url = _url(self.config.host, self._reservation.port)
         else:
             self._reservation.check_free()
-        command = self.config.command(
-            self.model_path, port=self._reservation.port, api_key=self.api_key
-        )
         self.emit("relaunching" if relaunch else "launching")
         self._launches += 1
         started = time.monotonic()
-        process = await ServerProcess.spawn(
-            command, env=self.config.env, secret=self.api_key, on_phase=self._phase
-        )
-        self.process = process
+        process: Supervised
         try:
-            await process.wait_ready(
-                health_url=f"{self.base_url}/health",
-                client=self._client,
-                timeout=self.config.startup_timeout,
-            )
+            if self.config.replicas > 1:
+                process = await self._launch_group()
+            else:
+                process = await self._launch_single()
         except BaseException as exc:
             # Failed, timed out or cancelled: nothing of the half-started tree may survive.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(process.kill())
+            if self.process is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.process.kill())
             if isinstance(exc, ServerError):
-                self.emit("start_failed", process.pid, error=exc.summary,
-                          returncode=process.returncode)
+                self.emit("start_failed", self.pid, error=exc.summary,
+                          returncode=getattr(exc, "returncode", None))
             raise
         self.state = ServerState.READY
         self.emit("ready", process.pid, duration=round(time.monotonic() - started, 3))
         self._monitor = asyncio.ensure_future(self._watch_exit(process))
         self._watchdog.start()
 
+    async def _launch_single(self) -> ServerProcess:
+        assert self._reservation is not None
+        command = self.config.command(
+            self.model_path, port=self._reservation.port, api_key=self.api_key
+        )
+        process = await ServerProcess.spawn(
+            command, env=self.config.env, secret=self.api_key, on_phase=self._phase
+        )
+        self.process = process
+        await process.wait_ready(
+            health_url=f"{self.base_url}/health",
+            client=self._client,
+            timeout=self.config.startup_timeout,
+        )
+        return process
+
+    async def _launch_group(self) -> RouterGroup:
+        assert self._reservation is not None
+        assert self.api_key is not None
+        if not self._worker_reservations:
+            self._worker_reservations = [
+                PortReservation(self.config.host, None) for _ in range(self.config.replicas)
+            ]
+        else:
+            for reservation in self._worker_reservations:
+                reservation.check_free()
+        group = RouterGroup(
+            self.model_path, self.config, api_key=self.api_key, client=self._client,
+            router_port=self._reservation.port, router_url=self.base_url,
+            worker_ports=[r.port for r in self._worker_reservations],
+            worker_urls=[_url(self.config.host, r.port) for r in self._worker_reservations],
+            emit=self.emit, on_phase=self._phase,
+        )
+        self.process = group
+        await group.launch(self.config.startup_timeout)
+        return group
+
     def _phase(self, phase: Phase) -> None:
         self.emit("phase", self.pid, phase=phase.name, elapsed=round(phase.elapsed, 3),
                   line=phase.line)
 
-    async def _watch_exit(self, process: ServerProcess) -> None:
-        await process.exited
+    async def _watch_exit(self, process: Supervised) -> None:
+        # wait() rather than await: cancelling the monitor must not cancel `exited` itself.
+        await asyncio.wait({process.exited})
         await process.wait_output_closed(0.2)
         self._mark_crashed(process)
 
-    def _mark_crashed(self, process: ServerProcess) -> None:
+    def _mark_crashed(self, process: Supervised) -> None:
         """The process died while READY: fail over to FAILED at once (synchronously, so no
         request is admitted to a dead server) and clean up what is left of its tree."""
         if self.process is not process or self.state is not ServerState.READY:
@@ -412,7 +449,7 @@ class LaunchedServer(_Backend):
         cleanup.add_done_callback(_log_failure)
 
     async def recover(self, token: object, exc: BaseException, *, sent: bool) -> bool:
-        process = token if isinstance(token, ServerProcess) else None
+        process = token if isinstance(token, (ServerProcess, RouterGroup)) else None
         if process is not None and process.returncode is None:
             # The connection drops a few ms before the exit is reported: wait for it briefly.
             await asyncio.wait({process.exited}, timeout=0.5)
@@ -489,7 +526,8 @@ class LaunchedServer(_Backend):
             self._watchdog.stop()
             if self._monitor is not None:
                 self._monitor.cancel()
-            if self._reservation is not None:
-                self._reservation.close()
+            for reservation in [self._reservation, *self._worker_reservations]:
+                if reservation is not None:
+                    reservation.close()
             self.emit("closed")
 
