@@ -398,7 +398,9 @@ class _Events:
                 return None
             self.changed.clear()
             try:
-                await asyncio.wait_for(self.changed.wait(), remaining)
+                await asyncio.wait_for(
+                    self.changed.wait(), None if remaining == float("inf") else remaining
+                )
             except TimeoutError:
                 return None
 
