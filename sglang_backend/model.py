@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any, Literal, overload
@@ -426,9 +428,7 @@ class AsyncSGLangModel:
             api_key="placeholder", base_url="http://127.0.0.1/v1", http_client=http,
             max_retries=0, timeout=self._timeout,
         )
-        _ = client.chat.completions  # the SDK imports its resources lazily: do it here
-        ChatCompletion.model_rebuild()
-        ChatCompletionChunk.model_rebuild()
+        asyncio.run(_warm_up_request_path())
         return http, client
 
     def _openai(self, backend: _Backend) -> openai.AsyncOpenAI:
@@ -623,6 +623,44 @@ class AsyncSGLangModel:
         if completion.usage is None:
             raise RequestError("the server reports no usage; cannot count tokens")
         return completion.usage.prompt_tokens
+
+
+async def _warm_up_request_path() -> None:
+    """Run one request through throwaway clients against a closed port (in a worker thread).
+
+    The SDK and the HTTP stack import and build most of their request machinery on the first
+    request (tens of ms of pydantic model builds, the connect path): paying it here, off the
+    event loop and while the server loads, keeps the first real request fast and the loop free.
+    """
+    with socket.socket() as closed:  # bound, never listening: connections are refused at once
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/v1"
+        async with openai.AsyncOpenAI(
+            api_key="warm-up", base_url=url, max_retries=0, http_client=_http.new_async_client()
+        ) as client:
+            with contextlib.suppress(openai.APIError):
+                await client.chat.completions.create(
+                    model="warm-up", messages=[{"role": "user", "content": "warm-up"}]
+                )
+            with contextlib.suppress(openai.APIError):
+                stream = await client.chat.completions.create(
+                    model="warm-up", messages=[{"role": "user", "content": "warm-up"}],
+                    stream=True, stream_options={"include_usage": True},
+                )
+                await stream.close()
+    ChatCompletion.model_validate(_SAMPLE_COMPLETION)
+    ChatCompletionChunk.model_validate(_SAMPLE_CHUNK)
+
+
+_SAMPLE_COMPLETION: dict[str, Any] = {
+    "id": "0", "object": "chat.completion", "created": 0, "model": "m",
+    "choices": [{"index": 0, "finish_reason": "stop",
+                 "message": {"role": "assistant", "content": ""}}],
+}
+_SAMPLE_CHUNK: dict[str, Any] = {
+    "id": "0", "object": "chat.completion.chunk", "created": 0, "model": "m",
+    "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}],
+}
 
 
 def _uncancel(task: asyncio.Task[Any]) -> None:
