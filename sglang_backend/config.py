@@ -47,7 +47,7 @@ _TYPED_FLAGS: dict[str, tuple[str, ...]] = {
     "base_gpu_id": ("--base-gpu-id",),
     "nnodes": ("--nnodes",),
     "node_rank": ("--node-rank",),
-    "dist_init_addr": ("--dist-init-addr",),
+    "dist_init_addr": ("--dist-init-addr", "--nccl-init-addr"),
     "mem_fraction_static": ("--mem-fraction-static",),
     "context_length": ("--context-length",),
     "served_model_name": ("--served-model-name",),
@@ -78,6 +78,11 @@ def _flag(flag: str, value: str) -> list[str]:
 
 def _flag_name(arg: str) -> str:
     return arg.split("=", 1)[0]
+
+
+def _spells(flag: str, name: str) -> bool:
+    # SGLang's argparse accepts any unambiguous prefix (--tp, --api-k): those spell *name* too.
+    return flag == name or (flag.startswith("--") and len(flag) > 2 and name.startswith(flag))
 
 
 class ServerConfig(BaseModel):
@@ -178,13 +183,13 @@ class ServerConfig(BaseModel):
     def _check_consistency(self) -> ServerConfig:
         for arg in self.extra_args:
             flag = _flag_name(arg)
-            if flag in _MANAGED_FLAGS:
-                raise ValueError(
-                    f"extra_args may not contain {flag}: the library sets it from "
-                    f"{_MANAGED_FLAGS[flag]}"
-                )
+            for managed, source in _MANAGED_FLAGS.items():
+                if _spells(flag, managed):
+                    raise ValueError(
+                        f"extra_args may not contain {flag}: the library sets it from {source}"
+                    )
             for field, flags in _TYPED_FLAGS.items():
-                if flag in flags:
+                if any(_spells(flag, name) for name in flags):
                     raise ValueError(f"extra_args may not contain {flag}: use ServerConfig.{field}")
         if self.nnodes is not None and self.node_rank is not None and self.node_rank >= self.nnodes:
             raise ValueError(f"node_rank ({self.node_rank}) must be < nnodes ({self.nnodes})")

@@ -5,31 +5,36 @@ from __future__ import annotations
 import argparse
 import re
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal
 from typing import Any
 
 __all__ = ["StandinArgs", "build_parser", "parse_args", "parse_token_count"]
 
-_SUFFIXES = {
-    "": 1,
-    "k": 1000,
-    "m": 1000**2,
-    "g": 1000**3,
-    "ki": 1024,
-    "mi": 1024**2,
-    "gi": 1024**3,
-}
+_SI = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+_IEC = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 
 
 def parse_token_count(text: str) -> int:
-    """Parse ``32768``, ``32k`` (x1000) or ``32Ki`` (x1024) style token counts."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG][iI]?)?\s*", text)
-    if match is None:
-        raise argparse.ArgumentTypeError(f"invalid token count: {text!r}")
-    number, suffix = match.group(1), (match.group(2) or "").lower()
-    value = float(number) * _SUFFIXES[suffix]
+    """Parse token counts as SGLang does: ``32768``, SI ``32k``/``1.5M``, IEC ``32Ki``.
+
+    Suffixes are case-sensitive and decimals are allowed with SI suffixes only.
+    """
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?", text.strip())
+    if match is None or (match.group(2) is None and "." in match.group(1)):
+        raise argparse.ArgumentTypeError(
+            f"invalid token count: {text!r} (a plain integer, SI suffixes 1k 1M, or IEC 1Ki 1Mi;"
+            " suffixes are case-sensitive)"
+        )
+    number, suffix = match.groups()
+    if suffix in _IEC:
+        if "." in number:
+            raise argparse.ArgumentTypeError(f"decimals are not allowed with {suffix!r}: {text!r}")
+        value = int(number) * _IEC[suffix]
+    else:
+        value = int(Decimal(number) * _SI[suffix]) if suffix else int(number)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"token count must be positive: {text!r}")
-    return int(value)
+    return value
 
 
 def _bool_flag(text: str) -> bool:
@@ -130,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--base-gpu-id", type=int, default=0)
     add("--nnodes", type=int, default=1)
     add("--node-rank", type=int, default=0)
-    add("--dist-init-addr", default=None)
+    add("--dist-init-addr", "--nccl-init-addr", dest="dist_init_addr", default=None)
     add("--mem-fraction-static", type=float, default=None)
     add("--chat-template", default=None)
     add("--skip-server-warmup", action="store_true")
