@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ..model import AsyncSGLangModel
     from ..server import _Backend
 
-__all__ = ["ManagedEndpoint", "managed_endpoint", "missing_extra"]
+__all__ = ["LeasedTransport", "ManagedEndpoint", "managed_endpoint", "missing_extra"]
 
 logger = logging.getLogger("sglang_backend.integrations")
 
@@ -40,6 +40,22 @@ def missing_extra(extra: str, framework: str) -> ImportError:
         f"sglang_backend.integrations.{module} needs {framework}: "
         f"pip install 'sglang-backend[{extra}]'"
     )
+
+
+#: The host of the base URL given to clients built before the server has an address; the
+#: transport sends their requests to the real server (and with its key) once it is up.
+PLACEHOLDER_HOST = "sglang-backend.invalid"
+PLACEHOLDER_KEY = "sglang-backend-placeholder-key"
+
+
+def _retarget(request: Any, backend: _Backend) -> None:
+    root = httpx.URL(backend.base_url)
+    request.url = request.url.copy_with(scheme=root.scheme, host=root.host, port=root.port)
+    request.headers["Host"] = root.netloc.decode("ascii")
+    if backend.api_key:
+        request.headers["Authorization"] = f"Bearer {backend.api_key}"
+    else:
+        request.headers.pop("Authorization", None)
 
 
 class _ReleasingStream(httpx.AsyncByteStream):
@@ -88,6 +104,8 @@ class LeasedTransport(httpx.AsyncBaseTransport):
                     backend.release()
 
             try:
+                if request.url.host == PLACEHOLDER_HOST:
+                    _retarget(request, backend)
                 response = await self._inner.handle_async_request(request)
             except httpx.TransportError as exc:
                 release()
@@ -139,6 +157,11 @@ class ManagedEndpoint:
         return url
 
     @property
+    def started(self) -> bool:
+        """True once the server has an address (it may be idle-stopped; it relaunches there)."""
+        return bool(self.model.base_url)
+
+    @property
     def openai_base_url(self) -> str:
         return f"{self.base_url}/v1"
 
@@ -147,6 +170,19 @@ class ManagedEndpoint:
         # A launched server always has a key; a connected one may have none, but OpenAI
         # clients insist on some string.
         return self.model.api_key or "EMPTY"
+
+    def lazy_openai_client(self, **options: Any) -> openai.AsyncOpenAI:
+        """Like :meth:`openai_client`, usable before the server starts: its first request
+        starts the server (``base_url`` is a placeholder the transport retargets)."""
+        if self.started:
+            return self.openai_client(**options)
+        options.setdefault("max_retries", 0)
+        return openai.AsyncOpenAI(
+            base_url=f"http://{PLACEHOLDER_HOST}/v1",
+            api_key=PLACEHOLDER_KEY,
+            http_client=self.http_client(),
+            **options,
+        )
 
     async def ready(self) -> bool:
         """True when the server answers ``/health`` with 200 right now."""
