@@ -85,6 +85,7 @@ class ServerError(SGLangError):
     """The server process failed to start, crashed, or could not be reached.
 
     Attributes:
+        summary: the one-line description (the message without command and log tail).
         command: the launch command line, with the API key masked.
         log_tail: the last lines the server wrote (stdout and stderr merged).
     """

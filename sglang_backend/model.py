@@ -9,7 +9,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from typing import Any, Literal, overload
+from typing import Any, Literal, TypeVar, overload
 
 import openai
 import pydantic
@@ -42,6 +42,7 @@ __all__ = ["AsyncSGLangModel", "ChatStream", "SGLangTokenCounter"]
 logger = logging.getLogger("sglang_backend")
 
 DEFAULT_TIMEOUT = 180.0
+ModelT = TypeVar("ModelT", bound=pydantic.BaseModel)
 _MAX_ATTEMPTS = 3
 _CLOSE_MESSAGE = "sglang_backend: model closed"
 
@@ -358,6 +359,16 @@ class AsyncSGLangModel:
             return False
         return response.status_code == 200
 
+    def touch(self) -> None:
+        """Record activity now, so the idle watchdog restarts its count.
+
+        For traffic the library cannot see (other clients of a launched server, e.g. the CLI's
+        ``serve``): call it whenever that traffic is observed.
+        """
+        server = self.server
+        if server is not None:
+            server.touch()
+
     async def stop(self) -> None:
         """Stop a launched server now; the next request relaunches it."""
         if isinstance(self._backend, LaunchedServer):
@@ -445,7 +456,16 @@ class AsyncSGLangModel:
     async def run(
         self,
         messages: Any,
-        response_format: Any = None,
+        response_format: type[ModelT],
+        tools: Any = None,
+        *,
+        stream: Literal[False] | None = None,
+    ) -> ParsedChatCompletion[ModelT]: ...
+    @overload
+    async def run(
+        self,
+        messages: Any,
+        response_format: Mapping[str, Any] | None = None,
         tools: Any = None,
         *,
         stream: Literal[False],
@@ -454,7 +474,7 @@ class AsyncSGLangModel:
     async def run(
         self,
         messages: Any,
-        response_format: Any = None,
+        response_format: Mapping[str, Any] | None = None,
         tools: Any = None,
         *,
         stream: Literal[True],
@@ -463,7 +483,7 @@ class AsyncSGLangModel:
     async def run(
         self,
         messages: Any,
-        response_format: Any = None,
+        response_format: Mapping[str, Any] | None = None,
         tools: Any = None,
         *,
         stream: bool | None = None,

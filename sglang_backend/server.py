@@ -248,7 +248,13 @@ class RemoteServer(_Backend):
 
 
 class LaunchedServer(_Backend):
-    """Launch mode: the library owns the server process from launch to teardown."""
+    """Launch mode: the library owns the server process from launch to teardown.
+
+    Public attributes for inspection: ``state``, ``pid``, ``base_url``, ``launches``,
+    ``inflight`` (requests and open streams), ``process`` (the current
+    :class:`~sglang_backend._process.ServerProcess` or :class:`~sglang_backend.router.RouterGroup`)
+    and ``error`` (what put it in FAILED: the start error or a ServerCrashedError).
+    """
 
     managed = True
 
@@ -308,6 +314,10 @@ class LaunchedServer(_Backend):
 
     def release(self) -> None:
         self.inflight -= 1
+        self._watchdog.touch()
+
+    def touch(self) -> None:
+        """Record activity the library did not see (restart the idle count)."""
         self._watchdog.touch()
 
     async def start(self) -> None:

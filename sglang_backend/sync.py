@@ -16,14 +16,14 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ParsedChatCompletion
 
 from .config import ServerConfig
 from .errors import ModelClosedError
-from .model import AsyncSGLangModel, ChatStream
+from .model import AsyncSGLangModel, ChatStream, ModelT
 from .server import EventCallback, ServerState
 
 __all__ = ["SGLangModel", "SyncChatStream", "SyncTokenCounter"]
@@ -278,6 +278,10 @@ class SGLangModel:
     def is_ready(self) -> bool:
         return self._runtime.portal.call(self._async.is_ready)
 
+    def touch(self) -> None:
+        """Record activity the library cannot see (see :meth:`AsyncSGLangModel.touch`)."""
+        self._async.touch()
+
     def stop(self) -> None:
         """Stop a launched server now; the next request relaunches it."""
         self._runtime.portal.call(self._async.stop)
@@ -302,6 +306,42 @@ class SGLangModel:
         self.close()
 
     # -- chat -----------------------------------------------------------------------------
+    @overload
+    def run(
+        self,
+        messages: Any,
+        response_format: type[ModelT],
+        tools: Any = None,
+        *,
+        stream: Literal[False] | None = None,
+    ) -> ParsedChatCompletion[ModelT]: ...
+    @overload
+    def run(
+        self,
+        messages: Any,
+        response_format: Mapping[str, Any] | None = None,
+        tools: Any = None,
+        *,
+        stream: Literal[False],
+    ) -> ChatCompletion: ...
+    @overload
+    def run(
+        self,
+        messages: Any,
+        response_format: Mapping[str, Any] | None = None,
+        tools: Any = None,
+        *,
+        stream: Literal[True],
+    ) -> SyncChatStream: ...
+    @overload
+    def run(
+        self,
+        messages: Any,
+        response_format: Mapping[str, Any] | None = None,
+        tools: Any = None,
+        *,
+        stream: bool | None = None,
+    ) -> ChatCompletion | SyncChatStream: ...
     def run(
         self,
         messages: Any,
