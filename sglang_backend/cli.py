@@ -635,8 +635,8 @@ async def _read_activity(client: Any, url: str) -> tuple[float, float] | None:
 
 async def _keep_alive_on_traffic(model: AsyncSGLangModel, period: float) -> None:
     """Requests from other clients bypass the library's watchdog: watch the server's
-    ``/metrics`` and, while it is serving, send a tiny request through the model so the
-    inactivity timer counts that traffic as activity."""
+    ``/metrics`` and, while it is serving, ``touch()`` the model so the inactivity timer
+    counts that traffic as activity."""
     last: float | None = None
     async with _http.new_async_client() as client:
         while True:
@@ -651,9 +651,8 @@ async def _keep_alive_on_traffic(model: AsyncSGLangModel, period: float) -> None
             total, running = activity
             busy = running > 0 or (last is not None and total != last)
             last = total
-            # Only touch a READY server: never relaunch one that was just stopped.
-            if busy and model.state is ServerState.READY:
-                await model.token_counter.count_text("keep-alive")
+            if busy:
+                model.touch()
 
 
 async def _serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
