@@ -22,9 +22,10 @@ __all__ = [
 ]
 
 _ROLES = frozenset({"system", "user", "assistant", "tool", "function", "developer"})
-_PART_TYPES = frozenset(
-    {"text", "image_url", "video_url", "audio_url", "input_audio", "file", "refusal"}
-)
+# Content part types SGLang's ChatCompletionRequest accepts (it rejects "file" and "refusal");
+# thinking parts only in assistant messages.
+_PART_TYPES = frozenset({"text", "image_url", "video_url", "audio_url", "input_audio"})
+_ASSISTANT_PART_TYPES = _PART_TYPES | {"thinking", "reasoning"}
 
 
 def _as_mapping(message: object, index: int) -> Mapping[str, Any]:
@@ -62,11 +63,12 @@ def check_messages(messages: object) -> list[Mapping[str, Any]]:
         if isinstance(content, str):
             pass
         elif isinstance(content, Sequence) and not isinstance(content, (bytes, bytearray)):
+            kinds = _ASSISTANT_PART_TYPES if role == "assistant" else _PART_TYPES
             for part_index, part in enumerate(content):
-                if not isinstance(part, Mapping) or part.get("type") not in _PART_TYPES:
+                if not isinstance(part, Mapping) or part.get("type") not in kinds:
                     raise InvalidRequestError(
                         f"messages[{index}].content[{part_index}] must be a content part dict "
-                        f"with a 'type' among {', '.join(sorted(_PART_TYPES))}"
+                        f"with a 'type' among {', '.join(sorted(kinds))}"
                     )
                 if part.get("type") == "text" and not isinstance(part.get("text"), str):
                     raise InvalidRequestError(

@@ -137,6 +137,7 @@ class CaptureServer:
     def __init__(self) -> None:
         self.port = free_port()
         self.bodies: list[dict[str, Any]] = []
+        self.tokenize_bodies: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.reply = "Hello!"
         self.tool_call: dict[str, Any] | None = None
@@ -168,6 +169,10 @@ class CaptureServer:
         path = scope["path"]
         if path == "/health":
             await self._send(send, 200, b"", "text/plain")
+            return
+        if path == "/tokenize" and scope["method"] == "POST":
+            self.tokenize_bodies.append(json.loads(raw))
+            await self._send(send, 200, b'{"tokens":[1,2],"count":2,"max_model_len":4096}')
             return
         if path != "/v1/chat/completions" or scope["method"] != "POST":
             await self._send(send, 404, b'{"detail":"Not Found"}')
@@ -232,7 +237,7 @@ async def capture() -> AsyncIterator[CaptureServer]:
 
     server = CaptureServer()
     config = uvicorn.Config(server.app, host="127.0.0.1", port=server.port, log_level="warning",
-                            lifespan="on")  # fmt: skip
+                            interface="asgi3", lifespan="on")  # fmt: skip
     runner = uvicorn.Server(config)
     task = asyncio.ensure_future(runner.serve())
     while not runner.started:
