@@ -41,8 +41,8 @@ from ..server import EventCallback, ServerState
 from ._common import ManagedEndpoint, missing_extra
 
 try:
-    from camel.models import BaseModelBackend
-    from camel.utils import BaseTokenCounter
+    from camel.models import BaseModelBackend  # type: ignore[import-not-found, unused-ignore]
+    from camel.utils import BaseTokenCounter  # type: ignore[import-not-found, unused-ignore]
 except ImportError as exc:
     raise missing_extra("camel", "CAMEL-AI (camel-ai)") from exc
 
@@ -106,7 +106,7 @@ class _AsyncChunkStream:
         await self.aclose()
 
 
-class SGLangTokenCounter(BaseTokenCounter):  # type: ignore[misc]
+class SGLangTokenCounter(BaseTokenCounter):  # type: ignore[misc, unused-ignore]
     """CAMEL's ``BaseTokenCounter`` over the served model's tokenizer (``/tokenize``).
 
     ``count_tokens_from_messages`` applies the model's chat template, as a request would.
@@ -117,11 +117,15 @@ class SGLangTokenCounter(BaseTokenCounter):  # type: ignore[misc]
 
     def count_tokens_from_messages(self, messages: Any) -> int:
         counter = self._model.async_model.token_counter
-        return self._model._bridge.call(counter.count_tokens_from_messages, list(messages))
+        count: int = self._model._bridge.call(counter.count_tokens_from_messages, list(messages))
+        return count
 
     async def acount_tokens_from_messages(self, messages: Any) -> int:
         counter = self._model.async_model.token_counter
-        return await self._model._bridge.acall(counter.count_tokens_from_messages, list(messages))
+        count: int = await self._model._bridge.acall(
+            counter.count_tokens_from_messages, list(messages)
+        )
+        return count
 
     def encode(self, text: str) -> list[int]:
         return self._model._bridge.call(self._model._endpoint.tokenize, text)
@@ -130,7 +134,7 @@ class SGLangTokenCounter(BaseTokenCounter):  # type: ignore[misc]
         return self._model._bridge.call(self._model._endpoint.detokenize, list(token_ids))
 
 
-class SGLangModel(BaseModelBackend):  # type: ignore[misc]
+class SGLangModel(BaseModelBackend):  # type: ignore[misc, unused-ignore]
     """A CAMEL model backend on an SGLang server supervised by sglang_backend.
 
     Args:
@@ -172,9 +176,10 @@ class SGLangModel(BaseModelBackend):  # type: ignore[misc]
     # -- CAMEL's abstract surface ----------------------------------------------------------
     @property
     def token_counter(self) -> BaseTokenCounter:
-        if self._token_counter is None:
-            self._token_counter = SGLangTokenCounter(self)
-        return self._token_counter
+        counter: Any = getattr(self, "_token_counter", None)
+        if counter is None:
+            counter = self._token_counter = SGLangTokenCounter(self)
+        return counter
 
     def check_model_config(self) -> None:
         """Validate ``model_config_dict``; raises :class:`~sglang_backend.ConfigError`."""
@@ -198,7 +203,10 @@ class SGLangModel(BaseModelBackend):  # type: ignore[misc]
         response_format: Any = None,
         tools: Any = None,
     ) -> ChatCompletion | _sync.SyncChatStream:
-        return self._facade.run(messages, response_format, tools or None)
+        result: ChatCompletion | _sync.SyncChatStream = self._facade.run(
+            messages, response_format, tools or None
+        )
+        return result
 
     async def _arun(
         self,

@@ -29,7 +29,7 @@ from ..model import AsyncSGLangModel
 from ._common import ManagedEndpoint, managed_endpoint, missing_extra
 
 try:
-    from langchain_openai import ChatOpenAI
+    from langchain_openai import ChatOpenAI  # type: ignore[import-not-found, unused-ignore]
 except ImportError as exc:
     raise missing_extra("langchain", "LangChain (langchain-openai)") from exc
 

@@ -25,7 +25,10 @@ from ..model import AsyncSGLangModel
 from ._common import ManagedEndpoint, managed_endpoint, missing_extra
 
 try:
-    from agents import OpenAIChatCompletionsModel, set_tracing_disabled
+    from agents import (  # type: ignore[import-not-found, unused-ignore]
+        OpenAIChatCompletionsModel,
+        set_tracing_disabled,
+    )
 except ImportError as exc:
     raise missing_extra("openai-agents", "the OpenAI Agents SDK (openai-agents)") from exc
 

@@ -29,15 +29,15 @@ from ..model import AsyncSGLangModel
 from ._common import ManagedEndpoint, missing_extra
 
 try:
-    from pydantic_ai.models.openai import OpenAIChatModel
-    from pydantic_ai.providers.openai import OpenAIProvider
+    from pydantic_ai.models.openai import OpenAIChatModel  # type: ignore[import-not-found, unused-ignore]
+    from pydantic_ai.providers.openai import OpenAIProvider  # type: ignore[import-not-found, unused-ignore]
 except ImportError as exc:
     raise missing_extra("pydantic-ai", "Pydantic AI (pydantic-ai-slim[openai])") from exc
 
 __all__ = ["SGLangProvider", "sglang_chat_model", "sglang_model"]
 
 
-class SGLangProvider(OpenAIProvider):  # type: ignore[misc]
+class SGLangProvider(OpenAIProvider):  # type: ignore[misc, unused-ignore]
     """An ``OpenAIProvider`` on an SGLang server supervised by sglang_backend.
 
     Every request is admitted by the model (started or relaunched on demand, never
@@ -74,7 +74,7 @@ class SGLangProvider(OpenAIProvider):  # type: ignore[misc]
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
     ) -> bool | None:
-        result = await super().__aexit__(exc_type, exc_val, exc_tb)
+        result: bool | None = await super().__aexit__(exc_type, exc_val, exc_tb)
         if self._entered_count == 0 and self._close_model:
             try:
                 await self._endpoint.aclose()

@@ -78,7 +78,8 @@ def test_tool_round_trip(backend: SGLangModel) -> None:
     agent = ChatAgent("Use tools when asked.", model=backend, tools=[FunctionTool(get_weather)])
     response = agent.step("Please call get_weather for Paris")
     records = response.info["tool_calls"]
-    assert len(records) == 1 and records[0].tool_name == "get_weather"
+    assert len(records) == 1
+    assert records[0].tool_name == "get_weather"
     assert len(CALLS) == 1
     assert records[0].result == f"Sunny and 21 C in {CALLS[0]}"
     assert response.msgs[0].content  # the final answer after the tool result
@@ -89,7 +90,8 @@ async def test_tool_round_trip_async(backend: SGLangModel) -> None:
     agent = ChatAgent("Use tools when asked.", model=backend, tools=[FunctionTool(get_weather)])
     response = await agent.astep("Please call get_weather for Paris")
     assert [r.tool_name for r in response.info["tool_calls"]] == ["get_weather"]
-    assert len(CALLS) == 1 and response.msgs[0].content
+    assert len(CALLS) == 1
+    assert response.msgs[0].content
 
 
 def test_structured_output(backend: SGLangModel) -> None:
@@ -125,5 +127,6 @@ def test_token_counting_uses_the_server_tokenizer(backend: SGLangModel) -> None:
     completion = backend.run(messages)
     assert completion.usage.prompt_tokens == n
     ids = counter.encode("Hello there")
-    assert ids and counter.decode(ids) == "Hello there"
+    assert ids
+    assert counter.decode(ids) == "Hello there"
     assert backend.token_limit > n

@@ -8,13 +8,13 @@ import pytest
 
 pytest.importorskip("langchain_openai")
 
-from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage  # noqa: E402
-from langchain_core.tools import tool  # noqa: E402
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
+from langchain_core.tools import tool
 
-from sglang_backend import AsyncSGLangModel, ServerState  # noqa: E402
-from sglang_backend.integrations.langchain import sglang_chat_openai  # noqa: E402
+from sglang_backend import AsyncSGLangModel, ServerState
+from sglang_backend.integrations.langchain import sglang_chat_openai
 
-from .conftest import CityWeather  # noqa: E402
+from .conftest import CityWeather
 
 CALLS: list[str] = []
 
@@ -30,7 +30,8 @@ async def test_two_turn_conversation(sglang_model: AsyncSGLangModel) -> None:
     async with sglang_chat_openai(sglang_model, temperature=0) as llm:
         history: list = [HumanMessage("My name is Ada")]
         first = await llm.ainvoke(history)
-        assert isinstance(first, AIMessage) and "My name is Ada" in first.content
+        assert isinstance(first, AIMessage)
+        assert "My name is Ada" in first.content
         history += [first, HumanMessage("What is my name?")]
         second = await llm.ainvoke(history)
         assert "What is my name?" in second.content
@@ -53,7 +54,8 @@ async def test_tool_round_trip(sglang_model: AsyncSGLangModel) -> None:
             history.append(result)
         final = await with_tools.ainvoke(history)
     assert len(CALLS) == 1
-    assert not final.tool_calls and final.content
+    assert not final.tool_calls
+    assert final.content
 
 
 async def test_forced_tool_choice(sglang_model: AsyncSGLangModel) -> None:
@@ -81,19 +83,23 @@ async def test_json_mode_sends_json_object(sglang_model: AsyncSGLangModel) -> No
         structured = llm.with_structured_output(CityWeather, method="json_mode", include_raw=True)
         result = await structured.ainvoke("Weather report for Oslo as JSON")
     assert json.loads(result["raw"].content)
-    assert result["parsed"] is None and result["parsing_error"] is not None
+    assert result["parsed"] is None
+    assert result["parsing_error"] is not None
 
 
 async def test_streaming(sglang_model: AsyncSGLangModel) -> None:
     async with sglang_chat_openai(sglang_model) as llm:
         chunks = [chunk async for chunk in llm.astream("Stream this back")]
-        assert len(chunks) > 2 and all(isinstance(c, AIMessageChunk) for c in chunks)
+        assert len(chunks) > 2
+        assert all(isinstance(c, AIMessageChunk) for c in chunks)
         merged = chunks[0]
         for chunk in chunks[1:]:
             merged += chunk
         assert "Stream this back" in merged.content
-        assert merged.usage_metadata and merged.usage_metadata["output_tokens"] > 0
-        assert sglang_model.server is not None and sglang_model.server.inflight == 0
+        assert merged.usage_metadata
+        assert merged.usage_metadata["output_tokens"] > 0
+        assert sglang_model.server is not None
+        assert sglang_model.server.inflight == 0
 
 
 async def test_streaming_tool_call(sglang_model: AsyncSGLangModel) -> None:
@@ -101,4 +107,5 @@ async def test_streaming_tool_call(sglang_model: AsyncSGLangModel) -> None:
         merged = None
         async for chunk in llm.bind_tools([get_weather]).astream("get_weather for Rome"):
             merged = chunk if merged is None else merged + chunk
-    assert merged is not None and merged.tool_calls[0]["name"] == "get_weather"
+    assert merged is not None
+    assert merged.tool_calls[0]["name"] == "get_weather"

@@ -7,7 +7,6 @@ import pytest
 agents = pytest.importorskip("agents")
 
 from agents import Agent, Runner, function_tool  # noqa: E402
-from agents.exceptions import AgentsException  # noqa: E402
 from openai.types.responses import ResponseTextDeltaEvent  # noqa: E402
 
 from sglang_backend import AsyncSGLangModel, ServerState  # noqa: E402
@@ -30,9 +29,8 @@ async def test_two_turn_conversation(sglang_model: AsyncSGLangModel) -> None:
         agent = Agent(name="assistant", instructions="Be brief.", model=model)
         first = await Runner.run(agent, "My name is Ada")
         assert "My name is Ada" in first.final_output
-        second = await Runner.run(agent, first.to_input_list() + [
-            {"role": "user", "content": "What is my name?"}
-        ])
+        follow_up = {"role": "user", "content": "What is my name?"}
+        second = await Runner.run(agent, [*first.to_input_list(), follow_up])
         assert "What is my name?" in second.final_output
         assert sglang_model.state is ServerState.READY
     assert sglang_model.state is ServerState.CLOSED
@@ -47,7 +45,8 @@ async def test_tool_round_trip(sglang_model: AsyncSGLangModel) -> None:
     kinds = [item.type for item in result.new_items]
     assert kinds[:2] == ["tool_call_item", "tool_call_output_item"]
     assert kinds[-1] == "message_output_item"
-    assert isinstance(result.final_output, str) and result.final_output
+    assert isinstance(result.final_output, str)
+    assert result.final_output
     assert CALLS[0] in str(result.new_items[1].output)
 
 
@@ -78,14 +77,15 @@ async def test_tool_round_trip_streamed(sglang_model: AsyncSGLangModel) -> None:
         agent = Agent(name="assistant", model=model, tools=[get_weather])
         run = Runner.run_streamed(agent, "get_weather for Rome")
         names = [event.name async for event in run.stream_events() if event.type == "run_item_stream_event"]
-    assert CALLS == ["Rome"] or len(CALLS) == 1
-    assert "tool_called" in names and "tool_output" in names
+    assert len(CALLS) == 1
+    assert "tool_called" in names
+    assert "tool_output" in names
     assert run.final_output
 
 
-async def test_model_closed_after_exit_refuses(sglang_model: AsyncSGLangModel) -> None:
+async def test_agent_fails_after_the_context_exits(sglang_model: AsyncSGLangModel) -> None:
     async with sglang_agents_model(sglang_model) as model:
         agent = Agent(name="assistant", model=model)
         await Runner.run(agent, "hi")
-    with pytest.raises((AgentsException, Exception)):
+    with pytest.raises(RuntimeError, match="client has been closed"):
         await Runner.run(agent, "hi again")

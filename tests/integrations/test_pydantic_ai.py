@@ -61,8 +61,10 @@ async def test_tool_round_trip(sglang_model: AsyncSGLangModel) -> None:
     parts = [p for m in result.all_messages() for p in m.parts]
     assert any(isinstance(p, ToolCallPart) and p.tool_name == "get_weather" for p in parts)
     returns = [p for p in parts if isinstance(p, ToolReturnPart)]
-    assert returns and returns[0].content == f"Sunny and 21 C in {calls[0]}"
-    assert isinstance(result.output, str) and result.output
+    assert returns
+    assert returns[0].content == f"Sunny and 21 C in {calls[0]}"
+    assert isinstance(result.output, str)
+    assert result.output
 
 
 @pytest.mark.parametrize("mode", ["tool", "native"])
@@ -81,7 +83,8 @@ async def test_streaming(sglang_model: AsyncSGLangModel) -> None:
             deltas = [delta async for delta in run.stream_text(delta=True, debounce_by=None)]
         assert len(deltas) > 1
         assert "Stream this back" in "".join(deltas)
-        assert sglang_model.server is not None and sglang_model.server.inflight == 0
+        assert sglang_model.server is not None
+        assert sglang_model.server.inflight == 0
 
 
 async def test_structured_output_streamed(sglang_model: AsyncSGLangModel) -> None:
