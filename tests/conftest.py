@@ -42,6 +42,56 @@ def _ours(started: float) -> dict[int, str]:
     return found
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak", action="store_true", default=False,
+        help="run the long reliability soaks (tests/reliability; `nox -s soak`)",
+    )
+
+
+def _listening(pids: set[int]) -> list[str]:
+    """TCP sockets in LISTEN state owned by any of ``pids``."""
+    found = []
+    for pid in pids:
+        try:
+            conns = psutil.Process(pid).net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        for conn in conns:
+            if conn.status == psutil.CONN_LISTEN:
+                found.append(f"pid {pid} listens on {conn.laddr.ip}:{conn.laddr.port}")
+    return found
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_leaks_at_session_end() -> Iterator[None]:
+    """Fail the run if, at the end of the session, a server process of ours is still running
+    (SGLANG_BACKEND_LAUNCHER_PID naming this process, or a launcher of ours that died) or a
+    TCP socket is listening in this process or in such a process.
+
+    A PortReservation is bound but never listening, so an open model does not count; a
+    leaked server does (uvicorn listens).
+    """
+    started = time.time()
+    yield
+    deadline = time.monotonic() + 5.0
+    while True:
+        leaked = _ours(started)
+        listening = _listening({os.getpid(), *leaked})
+        if not (leaked or listening) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    for pid in leaked:
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).kill()
+    if leaked or listening:
+        pytest.fail(
+            "the test session left behind:\n"
+            + "\n".join([*(f"process {p}: {c}" for p, c in leaked.items()), *listening]),
+            pytrace=False,
+        )
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_processes() -> Iterator[None]:
     """Fail a test that leaves a server process (or any of its descendants) running.
