@@ -463,6 +463,9 @@ def build_app(state: ServerState) -> FastAPI:
     # ---------------------------------------------------------------- chat
 
     def plan_chat(req: ChatCompletionRequest) -> ChatPlan:
+        problem = req.check()
+        if problem is not None:
+            raise _BadRequest(problem)
         messages = [m.model_dump(exclude_none=True) for m in req.messages]
         tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
         prompt = tok.render_chat(messages, tools, continue_final_message=req.continue_final_message)

@@ -43,28 +43,42 @@ class ToolCall(_Model):
     function: FunctionCall
 
 
-class ChatMessage(_Model):
-    """One chat message (roles as accepted by SGLang)."""
+_GENERIC_ROLES = ("system", "assistant", "tool", "function", "developer", "latest_reminder", "root")
 
-    role: Literal["system", "user", "assistant", "tool", "function", "developer"]
+
+class ChatMessage(_Model):
+    """One chat message (roles as accepted by SGLang: ``user`` exactly, others any case)."""
+
+    role: Literal["system", "user", "assistant", "tool", "function", "developer", "latest_reminder", "root"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     reasoning_content: str | None = None
 
-    @field_validator("content")
+    @field_validator("role", mode="before")
     @classmethod
-    def _check_parts(cls, value: Any) -> Any:
-        """Content parts need a known ``type``."""
-        if isinstance(value, list):
+    def _normalize_role(cls, value: Any) -> Any:
+        """SGLang lower-cases the non-user roles (``"System"`` is fine, ``"USER"`` is not)."""
+        if isinstance(value, str) and value.lower() in _GENERIC_ROLES:
+            return value.lower()
+        return value
+
+    @model_validator(mode="after")
+    def _check_content(self) -> ChatMessage:
+        """User messages need content; content parts need a known ``type``."""
+        if self.role == "user" and self.content is None:
+            raise ValueError("user messages need 'content'")
+        if isinstance(self.content, list):
             allowed = {"text", "image_url", "video_url", "audio_url", "input_audio"}
-            for part in value:
+            if self.role == "assistant":
+                allowed |= {"thinking", "reasoning"}
+            for part in self.content:
                 if part.get("type") not in allowed:
                     raise ValueError(f"unsupported content part type {part.get('type')!r}")
                 if part.get("type") == "text" and not isinstance(part.get("text"), str):
                     raise ValueError("text content part needs a 'text' string")
-        return value
+        return self
 
 
 class FunctionDef(_Model):
@@ -84,9 +98,9 @@ class Tool(_Model):
 
 
 class ToolChoiceFunction(_Model):
-    """The function named by a tool choice."""
+    """The function named by a tool choice (SGLang lets the name be missing)."""
 
-    name: str
+    name: str | None = None
 
 
 class ToolChoiceNamed(_Model):
@@ -99,7 +113,7 @@ class ToolChoiceNamed(_Model):
 class JsonSchemaFormat(_Model):
     """``response_format.json_schema``."""
 
-    name: str = "schema"
+    name: str
     description: str | None = None
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     strict: bool | None = False
@@ -110,13 +124,6 @@ class ResponseFormat(_Model):
 
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
-
-    @model_validator(mode="after")
-    def _need_schema(self) -> ResponseFormat:
-        """``json_schema`` needs a schema."""
-        if self.type == "json_schema" and (self.json_schema is None or self.json_schema.schema_ is None):
-            raise ValueError("schema_ is required for json_schema response format request.")
-        return self
 
 
 class StreamOptions(_Model):
@@ -185,30 +192,30 @@ class ChatCompletionRequest(_SamplingFields):
     chat_template_kwargs: dict[str, Any] | None = None
     continue_final_message: bool = False
 
-    @field_validator("messages")
-    @classmethod
-    def _not_empty(cls, value: list[ChatMessage]) -> list[ChatMessage]:
-        """Messages cannot be empty."""
-        if not value:
-            raise ValueError("Messages cannot be empty")
-        return value
-
     @model_validator(mode="after")
-    def _check_tools(self) -> ChatCompletionRequest:
-        """Default ``tool_choice`` and check it against ``tools``."""
+    def _default_tool_choice(self) -> ChatCompletionRequest:
+        """Default ``tool_choice`` (``auto`` with tools, else ``none``)."""
         if self.tool_choice is None:
             self.tool_choice = "auto" if self.tools else "none"
-        choice = self.tool_choice
-        forced = choice == "required" or isinstance(choice, ToolChoiceNamed)
-        if forced and not self.tools:
-            raise ValueError("Tools must be specified when tool_choice is 'required' or a specific tool")
-        if isinstance(choice, ToolChoiceNamed) and self.tools:
-            names = {tool.function.name for tool in self.tools}
-            if choice.function.name not in names:
-                raise ValueError(
-                    f"Tool '{choice.function.name}' not found in tools list. Available tools: {sorted(names)}"
-                )
         return self
+
+    def check(self) -> str | None:
+        """SGLang's serving-level checks (a 400 ``BadRequestError``, after body validation)."""
+        if not self.messages:
+            return "Messages cannot be empty."
+        choice = self.tool_choice
+        if choice == "required" and not self.tools:
+            return "Tools cannot be empty if tool choice is set to required."
+        if isinstance(choice, ToolChoiceNamed):
+            if not self.tools:
+                return "Tools cannot be empty if tool choice is set to a specific tool."
+            if all(tool.function.name != choice.function.name for tool in self.tools):
+                return f"Tool '{choice.function.name}' not found in tools list."
+        if self.response_format is not None and self.response_format.type == "json_schema" and (
+            self.response_format.json_schema is None or self.response_format.json_schema.schema_ is None
+        ):
+            return "schema_ is required for json_schema response format request."
+        return None
 
     def completion_limit(self) -> int | None:
         """``max_completion_tokens`` or ``max_tokens``."""
