@@ -51,7 +51,7 @@ def check_messages(messages: object) -> list[Mapping[str, Any]]:
         raise InvalidRequestError("messages must not be empty")
     for index, message in enumerate(checked):
         role = message.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             allowed = ", ".join(sorted(_ROLES))
             problem = "has no 'role'" if role is None else f"has unknown role {role!r}"
             raise InvalidRequestError(f"messages[{index}] {problem}; allowed roles: {allowed}")
@@ -65,7 +65,8 @@ def check_messages(messages: object) -> list[Mapping[str, Any]]:
         elif isinstance(content, Sequence) and not isinstance(content, (bytes, bytearray)):
             kinds = _ASSISTANT_PART_TYPES if role == "assistant" else _PART_TYPES
             for part_index, part in enumerate(content):
-                if not isinstance(part, Mapping) or part.get("type") not in kinds:
+                kind = part.get("type") if isinstance(part, Mapping) else None
+                if not isinstance(kind, str) or kind not in kinds:
                     raise InvalidRequestError(
                         f"messages[{index}].content[{part_index}] must be a content part dict "
                         f"with a 'type' among {', '.join(sorted(kinds))}"

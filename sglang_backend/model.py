@@ -49,7 +49,12 @@ _CLOSE_MESSAGE = "sglang_backend: model closed"
 
 def _default_timeout(timeout: float | None) -> float:
     if timeout is not None:
-        value = float(timeout)
+        if isinstance(timeout, bool):
+            raise ConfigError(f"timeout must be a number of seconds, got {timeout!r}")
+        try:
+            value = float(timeout)
+        except (TypeError, ValueError):
+            raise ConfigError(f"timeout must be a number of seconds, got {timeout!r}") from None
     else:
         raw = os.environ.get("MODEL_TIMEOUT")
         try:
@@ -233,10 +238,17 @@ class AsyncSGLangModel:
         on_event: EventCallback | None = None,
     ) -> None:
         self.model_type = _model_name(model_type)
+        if server is not None and not isinstance(server, ServerConfig):
+            raise ConfigError(
+                f"server must be a ServerConfig (server=ServerConfig(...)), got {type(server).__name__}"
+            )
+        if on_event is not None and not callable(on_event):
+            raise ConfigError(f"on_event must be callable, got {type(on_event).__name__}")
         self._config = SGLangConfig.from_dict(model_config_dict)
         self.model_config_dict: dict[str, Any] = dict(model_config_dict or {})
         self._kwargs, self._extra_body = self._config.request_kwargs()
         self._default_tools = check_tools(self._kwargs.pop("tools", None))
+        build_response_format(self._kwargs.get("response_format"))  # checked now, not by a 400
         self._timeout = _default_timeout(timeout)
         if url is not None and server is not None:
             raise ConfigError("pass either url= (connect to a running server) or server= "
