@@ -18,7 +18,7 @@ from sglang_backend import ServerConfig, ServerState  # noqa: E402
 from sglang_backend.integrations.camel import SGLangModel, SGLangTokenCounter  # noqa: E402
 
 from ..conftest import MODEL  # noqa: E402
-from .conftest import CityWeather  # noqa: E402
+from .conftest import CityWeather, run_example  # noqa: E402
 
 Standin = Callable[..., ServerConfig]
 CALLS: list[str] = []
@@ -130,3 +130,8 @@ def test_token_counting_uses_the_server_tokenizer(backend: SGLangModel) -> None:
     assert ids
     assert counter.decode(ids) == "Hello there"
     assert backend.token_limit > n
+
+
+def test_example_runs() -> None:
+    out = run_example("camel_agent.py")
+    assert "You said: Hello, my name is Ada" in out

@@ -14,7 +14,7 @@ from langchain_core.tools import tool
 from sglang_backend import AsyncSGLangModel, ServerState
 from sglang_backend.integrations.langchain import sglang_chat_openai
 
-from .conftest import CityWeather
+from .conftest import CityWeather, run_example
 
 CALLS: list[str] = []
 
@@ -109,3 +109,8 @@ async def test_streaming_tool_call(sglang_model: AsyncSGLangModel) -> None:
             merged = chunk if merged is None else merged + chunk
     assert merged is not None
     assert merged.tool_calls[0]["name"] == "get_weather"
+
+
+def test_example_runs() -> None:
+    out = run_example("langchain_chat.py")
+    assert "You said: Hello, my name is Ada" in out

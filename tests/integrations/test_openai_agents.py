@@ -12,7 +12,7 @@ from openai.types.responses import ResponseTextDeltaEvent  # noqa: E402
 from sglang_backend import AsyncSGLangModel, ServerState  # noqa: E402
 from sglang_backend.integrations.openai_agents import sglang_agents_model  # noqa: E402
 
-from .conftest import CityWeather  # noqa: E402
+from .conftest import CityWeather, run_example  # noqa: E402
 
 CALLS: list[str] = []
 
@@ -89,3 +89,8 @@ async def test_agent_fails_after_the_context_exits(sglang_model: AsyncSGLangMode
         await Runner.run(agent, "hi")
     with pytest.raises(RuntimeError, match="client has been closed"):
         await Runner.run(agent, "hi again")
+
+
+def test_example_runs() -> None:
+    out = run_example("openai_agents_run.py")
+    assert "You said: Hello, my name is Ada" in out

@@ -16,7 +16,7 @@ from sglang_backend.integrations.pydantic_ai import (  # noqa: E402
     sglang_model,
 )
 
-from .conftest import CityWeather  # noqa: E402
+from .conftest import CityWeather, run_example  # noqa: E402
 
 
 async def test_two_turn_conversation(sglang_model: AsyncSGLangModel) -> None:
@@ -96,3 +96,8 @@ async def test_structured_output_streamed(sglang_model: AsyncSGLangModel) -> Non
 
 
 sglang_model_cm = sglang_model
+
+
+def test_example_runs() -> None:
+    out = run_example("pydantic_ai_agent.py")
+    assert "You said: Hello, my name is Ada" in out
