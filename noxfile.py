@@ -93,3 +93,28 @@ def integrations(session: nox.Session, framework: str) -> None:
     session.install("-e", f".[testing,{extra}]", "pytest", "pytest-asyncio", "pytest-timeout")
     session.run("pytest", f"tests/integrations/test_{framework}.py", "-p", "no:cacheprovider",
                 *session.posargs)
+
+
+# The dependency matrix the package claims: both openai generations (2.x on httpx, as the
+# [server] extra gets through sglang's openai==2.8.0 pin; 3.x on httpx2), the oldest and
+# newest pydantic 2.x / anyio 4.x the ranges admit, and the lowest and highest Python here.
+COMPAT = [
+    nox.param("3.11", ("openai==2.8.0", "pydantic==2.7.0", "anyio==4.4.0"), id="openai2.8-oldest"),
+    nox.param("3.11", ("openai>=3,<4", "pydantic>=2.14,<3", "anyio>=4.16,<5"), id="openai3-newest"),
+    nox.param("3.10", (), id="py3.10-lowest"),
+    nox.param("3.13", (), id="py3.13-highest"),
+]
+
+
+@nox.session
+@nox.parametrize("python,pins", COMPAT)
+def compat(session: nox.Session, pins: tuple[str, ...]) -> None:
+    """The whole suite on one point of the dependency matrix."""
+    session.install("-e", ".[test]", *pins)
+    session.run(
+        "python", "-c",
+        "import importlib.metadata as m, sys; from sglang_backend import _http; "
+        "print(sys.version.split()[0], 'stack:', _http.stack_name, *(f'{p}=={m.version(p)}' "
+        "for p in ('openai', _http.stack_name, 'pydantic', 'anyio')))",
+    )
+    session.run("pytest", "-p", "no:cacheprovider", *session.posargs)

@@ -52,9 +52,9 @@ class _Portal:
             if self._stopped:
                 raise ModelClosedError("the model is closed")
             if self._portal is None:
-                cm = start_blocking_portal(name="sglang-backend-loop")
+                cm = start_blocking_portal()
                 portal = cm.__enter__()
-                self._thread_id = portal.call(threading.get_ident)
+                self._thread_id = portal.call(_name_loop_thread)
                 self._cm, self._portal = cm, portal
             return self._portal
 
@@ -101,6 +101,12 @@ class _Portal:
             cm, self._cm, self._portal = self._cm, None, None
         if cm is not None:
             cm.__exit__(None, None, None)
+
+
+async def _name_loop_thread() -> int:
+    thread = threading.current_thread()
+    thread.name = "sglang-backend-loop"
+    return thread.ident or threading.get_ident()
 
 
 class _Runtime:
