@@ -164,11 +164,9 @@ class ChatStream(AsyncIterator[ChatCompletionChunk]):
         except openai.APIStatusError as exc:
             await self.aclose()
             raise _status_error(exc) from exc
-        except openai.APIError as exc:  # an error event inside the stream
-            await self.aclose()
-            raise RequestError(f"the server reported an error mid-stream: {exc.message}",
-                               body=exc.body) from exc
         except (_http.httpx.TransportError, openai.APIConnectionError) as exc:
+            # Before `except openai.APIError`: APIConnectionError is an APIError too, and a
+            # connection broken by a crash must be classified as one (ServerCrashedError).
             await self.aclose()
             if self._model._closed:
                 raise ModelClosedError("the model was closed while streaming") from exc
@@ -178,6 +176,10 @@ class ChatStream(AsyncIterator[ChatCompletionChunk]):
             raise ServerUnavailableError(
                 f"the connection to the server broke mid-stream: {type(exc).__name__}"
             ) from exc
+        except openai.APIError as exc:  # an error event inside the stream
+            await self.aclose()
+            raise RequestError(f"the server reported an error mid-stream: {exc.message}",
+                               body=exc.body) from exc
 
     async def aclose(self) -> None:
         """Close the HTTP stream and release the request (idempotent)."""
@@ -577,9 +579,13 @@ class AsyncSGLangModel:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
-        token = await backend.acquire()
-        held = True
+        token: object = None
+        held = False
         try:
+            # Inside the try: a close while waiting for the start is a ModelClosedError, and a
+            # failed start still unregisters the task.
+            token = await backend.acquire()
+            held = True
             for attempt in range(_MAX_ATTEMPTS):
                 try:
                     result = await send(self._openai(backend))
