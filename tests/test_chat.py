@@ -361,3 +361,43 @@ async def test_server_rejection_is_typed_and_model_stays_usable(standin: Standin
                                              "json_schema": {"name": "x", "schema": {"type": "bogus"}}})
         reply = await model.run(HELLO)
         assert reply.choices[0].message.content
+
+
+async def test_request_timeout_is_typed_and_not_retried(standin: Standin, events_file: object) -> None:
+    from sglang_backend import RequestTimeoutError
+
+    from .conftest import read_events
+
+    config = standin(token_delay=0.5)
+    async with AsyncSGLangModel(MODEL, {"max_tokens": 20}, timeout=1.0, server=config) as model:
+        with pytest.raises(RequestTimeoutError) as info:
+            await model.run([{"role": "user", "content": " ".join(["word"] * 40)}])
+        assert isinstance(info.value, TimeoutError)
+        requests = [e for e in read_events(events_file) if e["event"] == "request"]  # type: ignore[arg-type]
+        assert len(requests) == 1  # sent once, not retried
+        assert model.server is not None
+        assert model.server.inflight == 0
+
+
+async def test_connect_mode_waits_for_a_server_that_is_still_starting(standin: Standin) -> None:
+    import socket
+
+    from sglang_backend._process import ServerProcess
+    from sglang_backend.testing import standin_command
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = AsyncSGLangModel(MODEL, api_key="k", url=f"http://127.0.0.1:{port}", timeout=30)
+    request = asyncio.ensure_future(client.run(HELLO))
+    await asyncio.sleep(0.5)
+    assert not request.done()  # connection refused: waiting on readiness, not failing
+    server = await ServerProcess.spawn(
+        [*standin_command(), "--model-path", MODEL, "--port", str(port), "--api-key", "k"]
+    )
+    try:
+        reply = await asyncio.wait_for(request, 30)
+        assert "Hello there" in (reply.choices[0].message.content or "")
+    finally:
+        await server.terminate(5)
+        await client.aclose()
