@@ -89,6 +89,19 @@ def _log_failure(task: asyncio.Task[Any]) -> None:
         logger.error("cleanup failed", exc_info=task.exception())
 
 
+async def _wait_through_cancellation(task: asyncio.Task[Any]) -> None:
+    """Wait until ``task`` is done even if the waiter is cancelled again meanwhile.
+
+    anyio's cancel scopes (the sync facade's portal) re-deliver cancellation at every await:
+    a plain ``await asyncio.wait({task})`` would return at once and leave the half-started
+    tree being killed in the background after the caller was told the start was cancelled.
+    The wait is short: the cancelled start only SIGKILLs its tree.
+    """
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({task})
+
+
 def _connect_host(host: str) -> str:
     if host in ("0.0.0.0", ""):
         return "127.0.0.1"
@@ -344,7 +357,7 @@ class LaunchedServer(_Backend):
             if not task.done() and self._start_waiters == 1:
                 # The last waiter gave up: abandon the start and kill the half-started tree.
                 task.cancel()
-                await asyncio.wait({task})
+                await _wait_through_cancellation(task)
             raise
         finally:
             self._start_waiters -= 1
@@ -520,7 +533,7 @@ class LaunchedServer(_Backend):
         """Stop the server now (it relaunches on the next request)."""
         if self._start_task is not None:
             self._start_task.cancel()
-            await asyncio.wait({self._start_task})
+            await _wait_through_cancellation(self._start_task)
         if self.state is ServerState.READY or self._stop_task is not None:
             await asyncio.shield(self._begin_stop("stop"))
         elif self.process is not None and self.process.returncode is None:
