@@ -49,7 +49,7 @@ async def _stream_all(model: AsyncSGLangModel, messages: Any = HELLO) -> int:
     return chunks
 
 
-def _dead_pids(events_file: Path) -> list[int]:
+def _still_running(events_file: Path) -> list[int]:
     """Stand-in pids from the events file that are still running."""
     import psutil
 
@@ -106,7 +106,7 @@ async def test_fail_at_load_every_waiter_gets_the_typed_error_and_retry_relaunch
         assert info.value.returncode == 1
         assert model.server.launches == 2
         assert not model._tasks  # failed calls do not stay registered
-        assert not _dead_pids(events_file)
+        assert not _still_running(events_file)
     finally:
         await model.aclose()
 
@@ -127,7 +127,7 @@ async def test_never_healthy_times_out_within_bound_and_kills_the_tree(
         assert isinstance(err, ServerStartTimeout)
         assert err.log_tail, "a timeout must show the server's last output"
         assert any(e["event"] == "listening" for e in read_events(events_file))
-        assert not _dead_pids(events_file)
+        assert not _still_running(events_file)
         assert model.server is not None
         assert model.server.launches == 1
     finally:
