@@ -13,11 +13,16 @@ integrations agent frameworks (CAMEL, pydantic-ai, LangChain, OpenAI Agents) on 
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["lint", "typecheck", "tests", "docs"]
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
 
 PYTHON = "3.11"
 
@@ -98,11 +103,22 @@ def integrations(session: nox.Session, framework: str) -> None:
 # The dependency matrix the package claims: both openai generations (2.x on httpx, as the
 # [server] extra gets through sglang's openai==2.8.0 pin; 3.x on httpx2), the oldest and
 # newest pydantic 2.x / anyio 4.x the ranges admit, and the lowest and highest Python here.
+def _interpreter(version: str) -> str:
+    """``python3.X`` on PATH, or pyenv's build of it (pyenv shims only answer for the
+    versions that are selected, so look in its versions directory too)."""
+    if shutil.which(f"python{version}") and subprocess.run(
+        [f"python{version}", "-c", ""], capture_output=True, check=False
+    ).returncode == 0:
+        return version
+    builds = sorted(Path.home().glob(f".pyenv/versions/{version}.*/bin/python{version}"))
+    return str(builds[-1]) if builds else version
+
+
 COMPAT = [
     nox.param("3.11", ("openai==2.8.0", "pydantic==2.7.0", "anyio==4.4.0"), id="openai2.8-oldest"),
     nox.param("3.11", ("openai>=3,<4", "pydantic>=2.14,<3", "anyio>=4.16,<5"), id="openai3-newest"),
-    nox.param("3.10", (), id="py3.10-lowest"),
-    nox.param("3.13", (), id="py3.13-highest"),
+    nox.param(_interpreter("3.10"), (), id="py3.10-lowest"),
+    nox.param(_interpreter("3.13"), (), id="py3.13-highest"),
 ]
 
 

@@ -8,11 +8,11 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-import httpx2
 import openai
 import pytest
 from pydantic import BaseModel, Field
 
+from sglang_backend._http import httpx
 from tests.standin.conftest import Standin, StandinFactory
 
 WEATHER_TOOL: dict[str, Any] = {
@@ -61,7 +61,7 @@ async def client(shared: Standin) -> AsyncIterator[openai.AsyncOpenAI]:
 
 async def _raw_events(server: Standin, body: dict[str, Any]) -> list[str]:
     async with (
-        httpx2.AsyncClient(base_url=server.base_url, headers=server.headers, timeout=10) as http,
+        httpx.AsyncClient(base_url=server.base_url, headers=server.headers, timeout=10) as http,
         http.stream("POST", "/v1/chat/completions", json=body) as reply,
     ):
         assert reply.status_code == 200
@@ -73,7 +73,7 @@ async def _raw_events(server: Standin, body: dict[str, Any]) -> list[str]:
 
 
 async def test_non_streaming_shape(shared: Standin) -> None:
-    async with httpx2.AsyncClient(base_url=shared.base_url, headers=shared.headers) as http:
+    async with httpx.AsyncClient(base_url=shared.base_url, headers=shared.headers) as http:
         reply = await http.post(
             "/v1/chat/completions",
             json={"model": "my-model", "messages": [{"role": "user", "content": "Tell me a story"}]},

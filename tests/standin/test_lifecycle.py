@@ -10,11 +10,11 @@ import sys
 import time
 from typing import Any
 
-import httpx2
 import openai
 import psutil
 import pytest
 
+from sglang_backend._http import httpx
 from sglang_backend.testing import standin_command
 from sglang_backend.testing._cli import parse_token_count
 from tests.standin.conftest import READY_LINE, REPO_ROOT, Standin, StandinFactory, free_port
@@ -63,7 +63,7 @@ async def test_phases_health_and_events(standins: StandinFactory) -> None:
     server.wait_for_line("Load weight begin")
     assert not _port_open(server.port)  # loading: port closed
     server.wait_for_line("Uvicorn running on")
-    async with httpx2.AsyncClient(base_url=server.base_url, headers=server.headers, timeout=5) as http:
+    async with httpx.AsyncClient(base_url=server.base_url, headers=server.headers, timeout=5) as http:
         assert (await http.get("/health")).status_code == 503
         assert (await http.get("/health_generate")).status_code == 503
         assert (await http.get("/ready")).status_code == 503
@@ -94,7 +94,7 @@ async def test_skip_warmup_fast_startup(standins: StandinFactory) -> None:
     started = time.monotonic()
     server = standins.launch("--skip-server-warmup", env=FAST_HEALTH)
     assert time.monotonic() - started < 3.0
-    async with httpx2.AsyncClient(base_url=server.base_url) as http:
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
         assert (await http.get("/health")).status_code == 200
     assert "POST /generate" not in server.stdout()
 
@@ -135,7 +135,7 @@ async def test_sigterm_drains_in_flight(standins: StandinFactory) -> None:
         await asyncio.sleep(0.3)
         server.proc.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.1)
-        async with httpx2.AsyncClient(base_url=server.base_url) as http:
+        async with httpx.AsyncClient(base_url=server.base_url) as http:
             assert (await http.get("/health")).status_code == 503
         reply = await slow
         assert reply.choices[0].finish_reason == "length"
@@ -169,7 +169,7 @@ async def test_ignore_sigterm(standins: StandinFactory) -> None:
     server.wait_for_line("SIGTERM received and ignored")
     await asyncio.sleep(0.3)
     assert server.proc.poll() is None
-    async with httpx2.AsyncClient(base_url=server.base_url) as http:
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
         assert (await http.get("/health")).status_code == 200
 
 
@@ -190,7 +190,7 @@ async def test_crash_after(standins: StandinFactory, stream: bool) -> None:
                 async for chunk in response:
                     received.append(chunk)
 
-            with pytest.raises((openai.APIConnectionError, httpx2.HTTPError)):
+            with pytest.raises((openai.APIConnectionError, httpx.HTTPError)):
                 await consume()
             assert len(received) >= 3  # role chunk + content chunks, then the connection drops
             assert all(c.choices[0].finish_reason is None for c in received)

@@ -9,11 +9,11 @@ import sys
 import time
 from collections import Counter
 
-import httpx2
 import openai
 import psutil
 import pytest
 
+from sglang_backend._http import httpx
 from tests.standin.conftest import StandinFactory, free_port
 
 pytest.importorskip("sglang_router")
@@ -21,11 +21,11 @@ pytest.importorskip("sglang_router")
 
 async def _wait_router(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
-    async with httpx2.AsyncClient(timeout=2) as http:
+    async with httpx.AsyncClient(timeout=2) as http:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise AssertionError(f"router exited with {proc.returncode}")
-            with contextlib.suppress(httpx2.HTTPError):
+            with contextlib.suppress(httpx.HTTPError):
                 reply = await http.post(
                     url + "/v1/chat/completions",
                     json={"model": "m", "messages": [{"role": "user", "content": "probe"}], "max_tokens": 1},
