@@ -401,7 +401,7 @@ class _Events:
                 await asyncio.wait_for(
                     self.changed.wait(), None if remaining == float("inf") else remaining
                 )
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 return None
 
 

@@ -22,6 +22,7 @@ from .errors import (
     AuthenticationError,
     BadRequestError,
     ConfigError,
+    InvalidRequestError,
     ModelClosedError,
     RequestError,
     RequestTimeoutError,
@@ -114,7 +115,7 @@ class SGLangTokenCounter:
     async def count_text(self, text: str) -> int:
         """Tokens of a plain string (no chat template)."""
         if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
+            raise InvalidRequestError(f"text must be a str, got {type(text).__name__}")
         return await self._model._tokenize({"prompt": text, "add_special_tokens": False})
 
 
