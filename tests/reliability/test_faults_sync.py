@@ -121,9 +121,14 @@ def test_crash_mid_stream_sync_iterator(standin: Standin) -> None:
         first = model.pid
         assert _drain(model) > 2
         received = 0
-        with pytest.raises(SGLangError) as info:
+
+        def consume() -> None:
+            nonlocal received
             for _ in model.run(HELLO, stream=True):  # type: ignore[union-attr]
                 received += 1
+
+        with pytest.raises(SGLangError) as info:
+            consume()
         assert received >= 1
         assert isinstance(info.value, ServerCrashedError), repr(info.value)
         assert _drain(model) > 2

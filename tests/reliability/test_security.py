@@ -68,7 +68,8 @@ async def test_generated_key_is_required_by_the_server(standin: Standin) -> None
 
 def test_two_models_get_different_keys(standin: Standin) -> None:
     with SGLangModel(MODEL, server=standin()) as a, SGLangModel(MODEL, server=standin()) as b:
-        assert a.api_key and b.api_key
+        assert a.api_key
+        assert b.api_key
         assert a.api_key != b.api_key
 
 
@@ -114,7 +115,7 @@ async def test_key_never_in_logs_reprs_events_or_errors(
     ["--model-path", "other/model"], ["--model-path=other/model"], ["--model", "other"],
     ["--model=other"],
     ["--log-level", "info", "--host", "::"],
-], ids=lambda a: " ".join(a))
+], ids=" ".join)
 def test_extra_args_cannot_smuggle_managed_flags(smuggled: list[str]) -> None:
     with pytest.raises(ConfigError, match="extra_args may not contain"):
         ServerConfig(extra_args=smuggled)
