@@ -46,6 +46,7 @@ DEFAULT_TIMEOUT = 180.0
 ModelT = TypeVar("ModelT", bound=pydantic.BaseModel)
 _MAX_ATTEMPTS = 3
 _CLOSE_MESSAGE = "sglang_backend: model closed"
+_NO_KEY = "EMPTY"  # the SDK insists on a key; a server without --api-key ignores it
 
 
 def _default_timeout(timeout: float | None) -> float:
@@ -277,6 +278,7 @@ class AsyncSGLangModel:
         self._on_event = on_event
         self._backend: _Backend | None = None
         self._client: openai.AsyncOpenAI | None = None
+        self._client_target: tuple[str, str | None] | None = None
         self._http: _http.httpx.AsyncClient | None = None
         self._prepare_task: asyncio.Task[None] | None = None
         self._closed = False
@@ -458,12 +460,16 @@ class AsyncSGLangModel:
         return http, client
 
     def _openai(self, backend: _Backend) -> openai.AsyncOpenAI:
+        # The URL is known after the first launch and stays (the port is reserved), so the
+        # SDK client is re-pointed once; the hot path is one tuple comparison.
+        target = (backend.base_url, backend.api_key)
         client = self._client
         assert client is not None
-        base = f"{backend.base_url}/v1"
-        if str(client.base_url).rstrip("/") != base or client.api_key != (backend.api_key or ""):
-            client = client.with_options(base_url=base, api_key=backend.api_key or "")
-            self._client = client
+        if target != self._client_target:
+            client = client.with_options(
+                base_url=f"{backend.base_url}/v1", api_key=backend.api_key or _NO_KEY
+            )
+            self._client, self._client_target = client, target
         return client
 
     # -- chat ----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ the async model; nothing here knows about servers or HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import warnings
@@ -35,12 +36,18 @@ T = TypeVar("T")
 
 
 class _Portal:
-    """The loop thread. Started on first use, stopped by close() or the finalizer."""
+    """The loop thread. Started on first use, stopped by close() or the finalizer.
+
+    anyio's blocking portal owns the thread and its event loop (start, stop, cleanup);
+    calls are submitted with ``asyncio.run_coroutine_threadsafe`` on that loop, which costs
+    ~25 µs a round trip here against ~160 µs for ``BlockingPortal.call`` (bench/).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._cm: contextlib.AbstractContextManager[BlockingPortal] | None = None
         self._portal: BlockingPortal | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread_id: int | None = None
         self._stopped = False
 
@@ -54,7 +61,7 @@ class _Portal:
             if self._portal is None:
                 cm = start_blocking_portal()
                 portal = cm.__enter__()
-                self._thread_id = portal.call(_name_loop_thread)
+                self._loop, self._thread_id = portal.call(_name_loop_thread)
                 self._cm, self._portal = cm, portal
             return self._portal
 
@@ -78,7 +85,9 @@ class _Portal:
             finally:
                 finished.set()
 
-        future: Future[T] = self.get().start_task_soon(runner)
+        self.get()
+        assert self._loop is not None
+        future: Future[T] = asyncio.run_coroutine_threadsafe(runner(), self._loop)
         try:
             while True:
                 # A timed wait returns to Python code regularly, so Ctrl-C (and
@@ -103,10 +112,10 @@ class _Portal:
             cm.__exit__(None, None, None)
 
 
-async def _name_loop_thread() -> int:
+async def _name_loop_thread() -> tuple[asyncio.AbstractEventLoop, int]:
     thread = threading.current_thread()
     thread.name = "sglang-backend-loop"
-    return thread.ident or threading.get_ident()
+    return asyncio.get_running_loop(), thread.ident or threading.get_ident()
 
 
 class _Runtime:
