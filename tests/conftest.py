@@ -54,7 +54,10 @@ def _listening(pids: set[int]) -> list[str]:
     found = []
     for pid in pids:
         try:
-            conns = psutil.Process(pid).net_connections(kind="tcp")
+            proc = psutil.Process(pid)
+            # psutil < 6 (camel-ai's pin) names it connections()
+            list_connections = getattr(proc, "net_connections", None) or proc.connections
+            conns = list_connections(kind="tcp")
         except psutil.Error:
             continue
         for conn in conns:

@@ -72,7 +72,7 @@ def listening_addresses(pid: int) -> list[str]:
     found = []
     for proc in tree(pid):
         try:
-            conns = proc.net_connections(kind="tcp")
+            conns = (getattr(proc, "net_connections", None) or proc.connections)(kind="tcp")
         except psutil.Error:
             continue
         found += [c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN]
