@@ -446,9 +446,22 @@ class AsyncSGLangModel:
             assert self._server_config is not None
             backend = LaunchedServer(
                 self.model_type, self._server_config, http,
-                api_key=self._api_key, on_event=self._on_event,
+                api_key=self._api_key, on_event=self._on_event, renew_client=self._renew_http,
             )
             self._backend = backend
+
+    async def _renew_http(self) -> _http.httpx.AsyncClient:
+        """A fresh connection pool for the next server incarnation (the old one is closed)."""
+        old, client = self._http, self._client
+        assert old is not None
+        assert client is not None
+        if self._closed:  # aclose() closes the current pool anyway
+            return old
+        new = await asyncio.to_thread(_http.new_async_client)
+        self._http = new
+        self._client = client.with_options(http_client=new)
+        await old.aclose()
+        return new
 
     def _build_clients(self) -> tuple[_http.httpx.AsyncClient, openai.AsyncOpenAI]:
         http = _http.new_async_client()

@@ -29,7 +29,7 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -280,9 +280,12 @@ class LaunchedServer(_Backend):
         api_key: str | None = None,
         on_event: EventCallback | None = None,
         on_phase: Callable[[Phase], None] | None = None,
+        renew_client: Callable[[], Awaitable[_http.httpx.AsyncClient]] | None = None,
     ) -> None:
         super().__init__(on_event)
         self.model_path = model_path
+        self._renew_client = renew_client
+        self._cleanup: asyncio.Task[None] | None = None
         self.config = config
         self._client = client
         self.api_key = api_key or (
@@ -375,6 +378,9 @@ class LaunchedServer(_Backend):
 
     # -- start ------------------------------------------------------------------------
     async def _start(self) -> None:
+        if self._cleanup is not None:  # a crash's cleanup (tree kill, fresh pool) goes first
+            await asyncio.wait({self._cleanup})
+            self._cleanup = None
         relaunch = self._launches > 0
         self.state = ServerState.STARTING
         self.error = None
@@ -468,8 +474,18 @@ class LaunchedServer(_Backend):
         self.state = ServerState.FAILED
         self._watchdog.stop()
         self.emit("crashed", process.pid, returncode=code)
-        cleanup = asyncio.ensure_future(process.kill())
-        cleanup.add_done_callback(_log_failure)
+        self._cleanup = asyncio.ensure_future(self._after_crash(process))
+        self._cleanup.add_done_callback(_log_failure)
+
+    async def _after_crash(self, process: Supervised) -> None:
+        await process.kill()  # whatever is left of the tree
+        await self._drop_connections()
+
+    async def _drop_connections(self) -> None:
+        """Pooled keep-alive connections to a dead server would linger (CLOSE_WAIT) until
+        reused or expired: start the next incarnation with a fresh pool instead."""
+        if self._renew_client is not None:
+            self._client = await self._renew_client()
 
     async def recover(self, token: object, exc: BaseException, *, sent: bool) -> bool:
         process = token if isinstance(token, (ServerProcess, RouterGroup)) else None
@@ -521,6 +537,7 @@ class LaunchedServer(_Backend):
                     returncode=code,
                     duration=round(time.monotonic() - started, 3),
                 )
+                await self._drop_connections()
         finally:
             if self._monitor is not None:
                 self._monitor.cancel()

@@ -19,7 +19,8 @@ from concurrent.futures import TimeoutError as FutureTimeoutError
 from types import TracebackType
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
-from anyio.from_thread import BlockingPortal, start_blocking_portal
+import anyio
+from anyio.from_thread import BlockingPortal
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ParsedChatCompletion
 
 from .config import ServerConfig
@@ -38,14 +39,16 @@ T = TypeVar("T")
 class _Portal:
     """The loop thread. Started on first use, stopped by close() or the finalizer.
 
-    anyio's blocking portal owns the thread and its event loop (start, stop, cleanup);
-    calls are submitted with ``asyncio.run_coroutine_threadsafe`` on that loop, which costs
-    ~25 µs a round trip here against ~160 µs for ``BlockingPortal.call`` (bench/).
+    The thread is a daemon running ``anyio.run`` with a :class:`BlockingPortal` in its main
+    task (what ``start_blocking_portal`` does in recent anyio; older 4.x releases run it in an
+    executor thread that interpreter shutdown joins *before* atexit finalizers could stop it,
+    which hangs the exit). Calls are submitted with ``asyncio.run_coroutine_threadsafe`` on the
+    portal's loop: ~30 µs a round trip here against ~160 µs for ``BlockingPortal.call``.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._cm: contextlib.AbstractContextManager[BlockingPortal] | None = None
+        self._thread: threading.Thread | None = None
         self._portal: BlockingPortal | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread_id: int | None = None
@@ -59,10 +62,13 @@ class _Portal:
             if self._stopped:
                 raise ModelClosedError("the model is closed")
             if self._portal is None:
-                cm = start_blocking_portal()
-                portal = cm.__enter__()
-                self._loop, self._thread_id = portal.call(_name_loop_thread)
-                self._cm, self._portal = cm, portal
+                ready: Future[tuple[BlockingPortal, asyncio.AbstractEventLoop]] = Future()
+                thread = threading.Thread(
+                    target=_run_portal, args=(ready,), name="sglang-backend-loop", daemon=True
+                )
+                thread.start()
+                self._portal, self._loop = ready.result()
+                self._thread, self._thread_id = thread, thread.ident
             return self._portal
 
     @property
@@ -107,15 +113,27 @@ class _Portal:
     def stop(self) -> None:
         with self._lock:
             self._stopped = True
-            cm, self._cm, self._portal = self._cm, None, None
-        if cm is not None:
-            cm.__exit__(None, None, None)
+            portal, thread, self._portal = self._portal, self._thread, None
+        if portal is not None and thread is not None:
+            with contextlib.suppress(RuntimeError):  # the loop may already be gone
+                portal.call(portal.stop, True)
+            if thread is not threading.current_thread():
+                thread.join()
 
 
-async def _name_loop_thread() -> tuple[asyncio.AbstractEventLoop, int]:
-    thread = threading.current_thread()
-    thread.name = "sglang-backend-loop"
-    return asyncio.get_running_loop(), thread.ident or threading.get_ident()
+def _run_portal(ready: Future[tuple[BlockingPortal, asyncio.AbstractEventLoop]]) -> None:
+    async def main() -> None:
+        async with BlockingPortal() as portal:
+            ready.set_result((portal, asyncio.get_running_loop()))
+            await portal.sleep_until_stopped()
+
+    try:
+        anyio.run(main)
+    except BaseException as exc:
+        if not ready.done():
+            ready.set_exception(exc)
+        else:
+            raise
 
 
 class _Runtime:
@@ -141,7 +159,8 @@ class _Runtime:
             return
         if self.portal.started and self.model.state is not ServerState.CLOSED:
             warnings.warn(
-                f"{self.model!r} was never closed; use `with SGLangModel(...)` or call close()",
+                f"SGLangModel({self.model.model_type!r}) was never closed; use `with "
+                "SGLangModel(...)` or call close()",
                 ResourceWarning,
                 stacklevel=2,
             )

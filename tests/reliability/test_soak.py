@@ -86,9 +86,9 @@ async def _soak(standin: Standin, plan: Plan) -> None:
     tally = Tally()
     async with model:
         # Warm-up: every path once (requests, streams, an idle stop and relaunch, a crash),
-        # so lazily created threads and pooled connections exist before the baseline. Each
-        # warm-up segment exceeds the concurrency: the pool then holds one keep-alive
-        # connection per worker (they linger in CLOSE_WAIT after a stop, a constant count).
+        # so lazily created threads exist before the baseline. Both baselines are taken right
+        # after an idle stop, when the library has replaced its connection pool (keep-alive
+        # connections to a dead server would otherwise linger in CLOSE_WAIT).
         await _segment(model, tally, 0, plan.warmup // 2, plan.concurrency, crash_at=plan.warmup // 4)
         await _idle_stop(model)
         await _segment(model, tally, plan.warmup // 2, plan.warmup - plan.warmup // 2,
