@@ -22,6 +22,7 @@ Rules (see DESIGN.md, "Lifecycle"):
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import enum
@@ -151,7 +152,7 @@ class PortReservation:
         self._sock.close()
 
 
-class _Backend:
+class _Backend(abc.ABC):
     """What the model needs from a server: admission, readiness, error classification."""
 
     base_url: str
@@ -176,24 +177,28 @@ class _Backend:
     def pid(self) -> int | None:
         return None
 
-    async def acquire(self) -> object:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def acquire(self) -> object:
+        """Admit one request (starting the server if needed); return a token for recover()."""
 
     def release(self) -> None:
+        """The request admitted by acquire() is over."""
         self.inflight -= 1
 
-    async def start(self) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Make the server ready (launch, or check a remote one)."""
 
+    @abc.abstractmethod
     async def recover(self, token: object, exc: BaseException, *, sent: bool) -> bool:
         """A request on ``token`` failed with a transport error: retry (True) or raise.
 
         Raises a typed error when the server is known to have died.
         """
-        raise NotImplementedError  # pragma: no cover - interface
 
-    async def aclose(self) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release everything; final."""
 
 
 class RemoteServer(_Backend):
