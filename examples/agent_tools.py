@@ -10,30 +10,12 @@ the model; ``SGLANG_BACKEND_STANDIN=1`` forces the stand-in).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import os
-import shutil
 from typing import Any
 
-from sglang_backend import AsyncSGLangModel, ServerConfig
-from sglang_backend.testing import standin_command
+from _where import MODEL, model_options
 
-MODEL = os.environ.get("SGLANG_MODEL", "Qwen/Qwen2.5-0.5B-Instruct")
-
-
-def model_options() -> dict[str, Any]:
-    """$SGLANG_URL if set; real SGLang on a GPU machine; else the CPU stand-in."""
-    if os.environ.get("SGLANG_URL"):
-        return {"url": os.environ["SGLANG_URL"], "api_key": os.environ.get("SGLANG_API_KEY")}
-    real = (
-        not os.environ.get("SGLANG_BACKEND_STANDIN")
-        and shutil.which("nvidia-smi") is not None
-        and importlib.util.find_spec("sglang") is not None
-    )
-    launch = None if real else tuple(standin_command())
-    # Tool calls need SGLang's parser for the model family (qwen for Qwen2.5).
-    return {"server": ServerConfig(launch_command=launch, tool_call_parser="qwen")}
+from sglang_backend import AsyncSGLangModel
 
 
 def get_weather(city: str, unit: str = "celsius") -> str:
@@ -80,7 +62,8 @@ async def agent(model: AsyncSGLangModel, question: str, max_turns: int = 5) -> s
 
 
 async def main() -> None:
-    async with AsyncSGLangModel(MODEL, {"temperature": 0.0}, **model_options()) as model:
+    options = model_options(tool_call_parser="qwen")  # tool calls need the family's parser
+    async with AsyncSGLangModel(MODEL, {"temperature": 0.0}, **options) as model:
         answer = await agent(model, "What is the weather in Paris? Use get_weather.")
         print(f"final answer: {answer}")
 

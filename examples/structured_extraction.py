@@ -12,30 +12,12 @@ machine with SGLang installed to launch the real thing (``SGLANG_MODEL`` picks t
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import os
-import shutil
-from typing import Any, Literal
+from typing import Literal
 
+from _where import MODEL, model_options
 from pydantic import BaseModel, Field
 
-from sglang_backend import AsyncSGLangModel, ServerConfig, StructuredOutputError
-from sglang_backend.testing import standin_command
-
-MODEL = os.environ.get("SGLANG_MODEL", "Qwen/Qwen2.5-0.5B-Instruct")
-
-
-def model_options() -> dict[str, Any]:
-    """$SGLANG_URL if set; real SGLang on a GPU machine; else the CPU stand-in."""
-    if os.environ.get("SGLANG_URL"):
-        return {"url": os.environ["SGLANG_URL"], "api_key": os.environ.get("SGLANG_API_KEY")}
-    real = (
-        not os.environ.get("SGLANG_BACKEND_STANDIN")
-        and shutil.which("nvidia-smi") is not None
-        and importlib.util.find_spec("sglang") is not None
-    )
-    launch = None if real else tuple(standin_command())
-    return {"server": ServerConfig(launch_command=launch)}
+from sglang_backend import AsyncSGLangModel, StructuredOutputError
 
 
 class LineItem(BaseModel):
