@@ -86,6 +86,7 @@ class ServerError(SGLangError):
 
     Attributes:
         summary: the one-line description (the message without command and log tail).
+        returncode: the process's exit code (negative: killed by that signal), when it exited.
         command: the launch command line, with the API key masked.
         log_tail: the last lines the server wrote (stdout and stderr merged).
     """
@@ -94,9 +95,11 @@ class ServerError(SGLangError):
         self,
         message: str,
         *,
+        returncode: int | None = None,
         command: Sequence[str] = (),
         log_tail: Sequence[str] = (),
     ) -> None:
+        self.returncode = returncode
         self.command = list(command)
         self.log_tail = list(log_tail)
         self.summary = message
@@ -109,22 +112,7 @@ class ServerError(SGLangError):
 
 
 class ServerStartError(ServerError):
-    """The server process exited before it became ready.
-
-    Attributes:
-        returncode: the exit code (negative: killed by that signal), or None.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        returncode: int | None = None,
-        command: Sequence[str] = (),
-        log_tail: Sequence[str] = (),
-    ) -> None:
-        self.returncode = returncode
-        super().__init__(message, command=command, log_tail=log_tail)
+    """The server process exited before it became ready (``returncode`` says how)."""
 
 
 class LaunchCommandNotFoundError(ServerStartError, FileNotFoundError):
@@ -148,24 +136,10 @@ class ServerStartTimeout(ServerError, TimeoutError):
 
 
 class ServerCrashedError(ServerError):
-    """The server process died while serving requests.
+    """The server process died while serving requests (``returncode`` says how).
 
     In-flight requests fail with this error; the next request relaunches the server.
-
-    Attributes:
-        returncode: the exit code (negative: killed by that signal), or None.
     """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        returncode: int | None = None,
-        command: Sequence[str] = (),
-        log_tail: Sequence[str] = (),
-    ) -> None:
-        self.returncode = returncode
-        super().__init__(message, command=command, log_tail=log_tail)
 
 
 class ServerUnavailableError(ServerError):

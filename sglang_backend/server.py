@@ -410,7 +410,7 @@ class LaunchedServer(_Backend):
                     await asyncio.shield(self.process.kill())
             if isinstance(exc, ServerError):
                 self.emit("start_failed", self.pid, error=exc.summary,
-                          returncode=getattr(exc, "returncode", None))
+                          returncode=exc.returncode)
             raise
         self.state = ServerState.READY
         self.emit("ready", process.pid, duration=round(time.monotonic() - started, 3))
