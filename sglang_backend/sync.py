@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
 import threading
 import warnings
 import weakref
@@ -110,6 +111,12 @@ class _Portal:
                     finished.wait(_CANCEL_WAIT)
             raise
 
+    def submit(self, func: Callable[[], Awaitable[T]]) -> Future[T]:
+        """Start ``func`` on the loop without waiting for it."""
+        self.get()
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(_await(func), self._loop)
+
     def stop(self) -> None:
         with self._lock:
             self._stopped = True
@@ -119,6 +126,10 @@ class _Portal:
                 portal.call(portal.stop, True)
             if thread is not threading.current_thread():
                 thread.join()
+
+
+async def _await(func: Callable[[], Awaitable[T]]) -> T:
+    return await func()
 
 
 def _run_portal(ready: Future[tuple[BlockingPortal, asyncio.AbstractEventLoop]]) -> None:
@@ -171,31 +182,70 @@ class _Runtime:
         self.close()
 
 
-async def _next_chunk(stream: ChatStream) -> ChatCompletionChunk | None:
-    try:
-        return await stream.__anext__()
-    except StopAsyncIteration:
-        return None
+_END = object()
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
 
 
 class SyncChatStream(Iterator[ChatCompletionChunk]):
-    """A plain iterator of ``ChatCompletionChunk``; breaking out of the loop closes it."""
+    """A plain iterator of ``ChatCompletionChunk``; breaking out of the loop closes it.
+
+    A task on the model's loop reads the stream ahead into a thread-safe queue, so each chunk
+    costs one queue hand-off instead of a loop round trip. Ctrl-C while waiting for a chunk
+    closes the stream (the model stays usable).
+    """
 
     def __init__(self, portal: _Portal, stream: ChatStream) -> None:
         self._portal = portal
         self._stream = stream
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._finished = False
+        self._reader = portal.submit(self._read_ahead)
+
+    async def _read_ahead(self) -> None:
+        put = self._queue.put
+        try:
+            async for chunk in self._stream:
+                put(chunk)
+        except asyncio.CancelledError:
+            put(_END)
+            raise
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer thread, raised there
+            put(_Failure(exc))
+        else:
+            put(_END)
 
     def __iter__(self) -> SyncChatStream:
         return self
 
     def __next__(self) -> ChatCompletionChunk:
-        chunk = self._portal.call(_next_chunk, self._stream)
-        if chunk is None:
+        if self._finished:
             raise StopIteration
-        return chunk
+        try:
+            while True:
+                try:
+                    item = self._queue.get(timeout=_WAKE_INTERVAL)  # wakes for Ctrl-C
+                    break
+                except queue.Empty:
+                    continue
+        except BaseException:
+            self.close()
+            raise
+        if item is _END:
+            self._finished = True
+            raise StopIteration
+        if isinstance(item, _Failure):
+            self._finished = True
+            raise item.exc
+        return item  # type: ignore[return-value]
 
     def close(self) -> None:
-        """Close the HTTP stream (idempotent)."""
+        """Stop reading and close the HTTP stream (idempotent)."""
+        self._finished = True
+        self._reader.cancel()
         if not self._stream.closed:
             self._portal.call(self._stream.aclose)
 
@@ -206,9 +256,8 @@ class SyncChatStream(Iterator[ChatCompletionChunk]):
         self.close()
 
     def __del__(self) -> None:
-        if not self._stream.closed and self._portal.started:
-            with contextlib.suppress(RuntimeError):
-                self._portal.get().start_task_soon(self._stream.aclose)
+        # Dropped mid-way (a `break`): stop reading; the read-ahead task closes the stream.
+        self._reader.cancel()
 
 
 class SyncTokenCounter:
