@@ -324,12 +324,10 @@ def diagnosis(results: dict[str, Any]) -> list[str]:
     if stall is not None and stall > 10:
         notes.append(
             f"Loop stall in a cold start ({stall:.0f} ms median; this machine's idle-loop floor "
-            f"{_fmt(_get(cold, 'idle_loop_stall_max_ms'), ' ms')}). In a probe run the worst "
-            "stalls fell during the first health poll right after the spawn: the first request on "
-            "the SDK's HTTP client imports anyio's asyncio backend (`anyio._backends._asyncio`, "
-            "`anyio.streams.*`, ~25 ms) on the event loop. Smaller stalls (5-8 ms) come from "
-            "`_build_clients` in its worker thread holding the GIL. Fix: import the transport's "
-            "lazy modules in `_build_clients` (the thread), e.g. `import anyio._backends._asyncio`.")
+            f"{_fmt(_get(cold, 'idle_loop_stall_max_ms'), ' ms')}). Earlier runs traced the worst "
+            "stalls to first-use imports of the HTTP stack on the loop (now warmed up in "
+            "`_build_clients`' worker thread) and to that thread holding the GIL (5-8 ms); rerun "
+            "with `asyncio` debug mode (`slow_callback_duration`) to find the step.")
     facade = results.get("sync_facade") or {}
     sync = _get(facade, "overhead_us_per_call", "median")
     if sync is not None and sync > 150:
@@ -338,11 +336,11 @@ def diagnosis(results: dict[str, Any]) -> list[str]:
             f"portal round trip on a no-op coroutine costs "
             f"{_fmt(facade.get('portal_noop_us'), ' µs')} against "
             f"{_fmt(facade.get('run_coroutine_threadsafe_noop_us'), ' µs')} for a bare "
-            "`asyncio.run_coroutine_threadsafe(...).result()`: anyio's `BlockingPortal."
-            "start_task_soon` (task group spawn, cancel scope, a `concurrent.futures` future) "
-            "is the cost. Fix in `sync.py`: submit the coroutine with "
-            "`asyncio.run_coroutine_threadsafe` on the portal's loop for the hot path (`run`, "
-            "chunk iteration) and keep the portal for lifecycle calls.")
+            "`asyncio.run_coroutine_threadsafe(...).result()` (the facade submits calls that way "
+            "since commit 7c3c059; earlier it used `BlockingPortal.start_task_soon`, ~160 µs). "
+            "The rest is the thread hop itself under load: each call wakes the loop thread and "
+            "then the caller (two extra context switches and GIL hand-offs, measured +200-250 µs "
+            "of CPU for any loop-in-a-thread design on these 2 shared cores).")
     pool = _get(tp, "256", "sync_pool", "cpu_ratio", "median")
     raw_pool = _get(tp, "256", "raw_sync_pool", "cpu_ratio", "median")
     if pool is not None and raw_pool is not None and pool > CPU_GOAL:
@@ -355,9 +353,9 @@ def diagnosis(results: dict[str, Any]) -> list[str]:
                   "median")
     if stream is not None and stream > 20:
         notes.append(
-            f"The sync stream iterator pays one portal round trip per chunk (+{stream:.0f} µs "
-            "CPU per chunk over raw): fetching chunks in batches on the loop side (or a "
-            "queue fed by one loop task) would amortise it.")
+            f"The sync stream iterator costs +{stream:.0f} µs CPU per chunk over raw: each chunk "
+            "is one hand-off through the read-ahead queue (`SyncChatStream`); check that the "
+            "reader task is not starved by other work on the model's loop.")
     return notes
 
 
