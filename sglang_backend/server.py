@@ -532,16 +532,11 @@ class LaunchedServer(_Backend):
 
     async def _stop(self, reason: str) -> None:
         process = self.process
+        code: int | None = None
+        started = time.monotonic()
         try:
             if process is not None:
-                started = time.monotonic()
                 code = await process.terminate(self.config.shutdown_timeout)
-                self.emit(
-                    "idle_stopped" if reason == "idle" else "stopped",
-                    process.pid,
-                    returncode=code,
-                    duration=round(time.monotonic() - started, 3),
-                )
                 await self._drop_connections()
         finally:
             if self._monitor is not None:
@@ -550,6 +545,14 @@ class LaunchedServer(_Backend):
             self._stop_task = None
             if self.state is ServerState.STOPPING:
                 self.state = ServerState.STOPPED
+        if process is not None:
+            # Reported once the state says so: a listener may act on it at once.
+            self.emit(
+                "idle_stopped" if reason == "idle" else "stopped",
+                process.pid,
+                returncode=code,
+                duration=round(time.monotonic() - started, 3),
+            )
 
     async def stop(self) -> None:
         """Stop the server now (it relaunches on the next request)."""
