@@ -71,8 +71,18 @@ class ServerState(str, enum.Enum):
 class ServerEvent:
     """Something that happened to the server, passed to ``on_event`` and logged.
 
-    ``kind`` is one of: ``launching``, ``phase``, ``ready``, ``start_failed``,
-    ``idle_stopped``, ``stopped``, ``crashed``, ``relaunching``, ``closed``.
+    ``kind`` is one of:
+
+    * ``launching`` / ``relaunching`` — a server (or router group) is being started;
+    * ``phase`` — a startup phase seen in the log (``detail``: ``phase``, ``elapsed``, ``line``);
+    * ``ready`` — ready to serve (``detail["duration"]``: launch to ready, in seconds);
+    * ``start_failed`` — the start failed (``detail``: ``error``, ``returncode``);
+    * ``idle_stopped`` / ``stopped`` — stopped by the watchdog / on request, emitted once the
+      state is STOPPED (``detail``: ``returncode``, ``duration``);
+    * ``crashed`` — the server died while serving (``detail["returncode"]``);
+    * ``worker_crashed``, ``worker_relaunched``, ``worker_relaunch_failed`` — one worker of a
+      ``replicas > 1`` group (``detail``: ``worker``, ``url``); the group keeps serving;
+    * ``closed`` — the model was closed.
     """
 
     kind: str
