@@ -7,6 +7,8 @@ import contextlib
 import logging
 import os
 import socket
+import warnings
+import weakref
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
@@ -139,6 +141,7 @@ class ChatStream(AsyncIterator[ChatCompletionChunk]):
         self._iterator = stream.__aiter__()
         self._token = token
         self._closed = False
+        self._loop = asyncio.get_running_loop()
         model._streams.add(self)
 
     @property
@@ -196,6 +199,17 @@ class ChatStream(AsyncIterator[ChatCompletionChunk]):
             await self._stream.close()
         except Exception:  # closing a broken connection must not mask the real error
             logger.debug("error while closing a stream", exc_info=True)
+
+    def __del__(self) -> None:
+        # Abandoned without aclose() (e.g. `break` out of `async for`): give the lease back,
+        # or the server would count it in flight forever and never go idle.
+        if self._closed:
+            return
+        self._closed = True
+        warnings.warn("ChatStream was not closed; use `async with` or `await stream.aclose()`",
+                      ResourceWarning, stacklevel=1)
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            self._loop.call_soon_threadsafe(_abandon, self._model._backend, self._stream)
 
     async def __aenter__(self) -> ChatStream:
         return self
@@ -283,7 +297,7 @@ class AsyncSGLangModel:
         self._prepare_task: asyncio.Task[None] | None = None
         self._closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._streams: set[ChatStream] = set()
+        self._streams: weakref.WeakSet[ChatStream] = weakref.WeakSet()
         self._request_model = (
             self._server_config.served_model_name
             if self._server_config is not None and self._server_config.served_model_name
@@ -719,6 +733,13 @@ _SAMPLE_CHUNK: dict[str, Any] = {
     "id": "0", "object": "chat.completion.chunk", "created": 0, "model": "m",
     "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}],
 }
+
+
+def _abandon(backend: _Backend | None, stream: openai.AsyncStream[ChatCompletionChunk]) -> None:
+    if backend is not None:
+        backend.release()
+    task = asyncio.ensure_future(stream.close())
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
 def _uncancel(task: asyncio.Task[Any]) -> None:

@@ -401,3 +401,25 @@ async def test_connect_mode_waits_for_a_server_that_is_still_starting(standin: S
     finally:
         await server.terminate(5)
         await client.aclose()
+
+
+async def test_abandoned_stream_gives_its_lease_back(standin: Standin) -> None:
+    import gc
+
+    async with AsyncSGLangModel(MODEL, {"stream": True}, server=standin(token_delay=0.05)) as model:
+        server = model.server
+        stream = await model.run(HELLO)
+        async for _ in stream:
+            break  # a common mistake: no aclose()
+        assert server is not None
+        assert server.inflight == 1
+        with pytest.warns(ResourceWarning, match="not closed"):
+            del stream
+            gc.collect()
+        for _ in range(100):
+            if server.inflight == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert server.inflight == 0  # the watchdog can stop the server again
+        reply = await model.run(HELLO, stream=False)
+        assert reply.choices[0].message.content
