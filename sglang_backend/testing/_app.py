@@ -12,12 +12,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from sglang_backend.testing import STANDIN_VERSION
 from sglang_backend.testing import _tokenizer as tok
@@ -94,6 +94,17 @@ class _BadRequest(Exception):
         super().__init__(message)
         self.message = message
         self.err_type = err_type
+
+
+BodyT = TypeVar("BodyT", bound=BaseModel)
+
+
+class _Reply(Exception):
+    """Ends a route early with a ready response (rendered by the app's handler)."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
 
 
 @dataclass
@@ -309,6 +320,25 @@ def build_app(state: ServerState) -> FastAPI:
     """Create the FastAPI application serving *state*."""
     args = state.args
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+
+    async def parse_body(request: Request, model: type[BodyT], *, crash: bool = False) -> BodyT:
+        """The request body as ``model``, or SGLang's 400 (after the crash, if this request
+        is the one that must crash the server)."""
+        try:
+            return model.model_validate(await json_body(request))
+        except _BadRequest as exc:
+            error = openai_error(exc.message, exc.err_type)
+        except ValidationError as exc:
+            error = openai_error(validation_message(exc), "Bad Request")
+        if crash:
+            await state.crash_now()
+        raise _Reply(error)
+
+    async def reply(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, _Reply)
+        return exc.response
+
+    app.add_exception_handler(_Reply, reply)
     app.state.standin = state
     delay = max(args.standin_token_delay, 0.0)
 
@@ -424,12 +454,7 @@ def build_app(state: ServerState) -> FastAPI:
     # ---------------------------------------------------------------- tokenizer
 
     async def tokenize(request: Request) -> Response:
-        try:
-            req = TokenizeRequest.model_validate(await json_body(request))
-        except _BadRequest as exc:
-            return openai_error(exc.message, exc.err_type)
-        except ValidationError as exc:
-            return openai_error(validation_message(exc), "Bad Request")
+        req = await parse_body(request, TokenizeRequest)
         ctx = args.context_length
         if req.messages is not None:
             prompt = tok.render_chat([m.model_dump(exclude_none=True) for m in req.messages])
@@ -442,12 +467,7 @@ def build_app(state: ServerState) -> FastAPI:
         return JSONResponse({"tokens": ids, "count": len(ids), "max_model_len": ctx})
 
     async def detokenize(request: Request) -> Response:
-        try:
-            req = DetokenizeRequest.model_validate(await json_body(request))
-        except _BadRequest as exc:
-            return openai_error(exc.message, exc.err_type)
-        except ValidationError as exc:
-            return openai_error(validation_message(exc), "Bad Request")
+        req = await parse_body(request, DetokenizeRequest)
         skip = req.skip_special_tokens
         tokens: list[Any] = list(req.tokens)
         if tokens and isinstance(tokens[0], list):
@@ -547,16 +567,7 @@ def build_app(state: ServerState) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         crash = state.count_request(request)
-        try:
-            req = ChatCompletionRequest.model_validate(await json_body(request))
-        except _BadRequest as exc:
-            if crash:
-                await state.crash_now()
-            return openai_error(exc.message, exc.err_type)
-        except ValidationError as exc:
-            if crash:
-                await state.crash_now()
-            return openai_error(validation_message(exc), "Bad Request")
+        req = await parse_body(request, ChatCompletionRequest, crash=crash)
         if crash and not req.stream:
             await state.crash_now()
         try:
@@ -747,16 +758,7 @@ def build_app(state: ServerState) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         crash = state.count_request(request)
-        try:
-            req = CompletionRequest.model_validate(await json_body(request))
-        except _BadRequest as exc:
-            if crash:
-                await state.crash_now()
-            return openai_error(exc.message, exc.err_type)
-        except ValidationError as exc:
-            if crash:
-                await state.crash_now()
-            return openai_error(validation_message(exc), "Bad Request")
+        req = await parse_body(request, CompletionRequest, crash=crash)
         if crash and not req.stream:
             await state.crash_now()
         prompts = _prompt_texts(req.prompt)
