@@ -74,13 +74,28 @@ def collect_tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def kill_tree(pgid: int, processes: Sequence[psutil.Process]) -> None:
-    """SIGKILL a process group and each listed process still alive (blocking: run in a thread)."""
+def kill_tree(pgid: int, processes: Sequence[psutil.Process], timeout: float = 2.0) -> None:
+    """SIGKILL a process group and each listed process still alive, and wait (up to
+    ``timeout``) until they are gone (blocking: run in a thread). SIGKILL is delivered
+    asynchronously: without the wait a stop could return while a child still runs."""
     with contextlib.suppress(OSError):
         os.killpg(pgid, signal.SIGKILL)
     for proc in processes:
         with contextlib.suppress(psutil.Error):
             proc.kill()
+    deadline = time.monotonic() + timeout
+    pending = list(processes)
+    while pending and time.monotonic() < deadline:
+        pending = [p for p in pending if _running(p)]
+        if pending:
+            time.sleep(0.005)
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 @dataclass
