@@ -414,8 +414,8 @@ async def test_abandoned_stream_gives_its_lease_back(standin: Standin) -> None:
         assert server is not None
         assert server.inflight == 1
         with pytest.warns(ResourceWarning, match="not closed"):
-            del stream
-            gc.collect()
+            del stream  # the last reference: collected here (CPython refcounting)
+        gc.collect()
         for _ in range(100):
             if server.inflight == 0:
                 break
