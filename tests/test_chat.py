@@ -6,11 +6,10 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Literal
 
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from sglang_backend import (
     AsyncSGLangModel,
@@ -25,42 +24,11 @@ from sglang_backend import (
     ToolCallParserMissingError,
 )
 
+from ._shapes import HELLO, WEATHER_TOOL, Address, Person
 from .conftest import MODEL
 
 Standin = Callable[..., ServerConfig]
-HELLO = [{"role": "user", "content": "Hello there"}]
 
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather for a city",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string"},
-                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-            },
-            "required": ["city", "unit"],
-        },
-    },
-}
-
-
-class Address(BaseModel):
-    street: str
-    city: str
-    zip_code: str
-
-
-class Person(BaseModel):
-    name: str
-    age: int = Field(ge=0, le=150)
-    email: str | None = None
-    role: Literal["admin", "user", "guest"]
-    addresses: list[Address]
-    scores: dict[str, float]
-    active: bool
 
 
 @pytest.fixture

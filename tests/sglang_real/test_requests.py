@@ -11,55 +11,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import openai
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from sglang.srt.entrypoints.openai import protocol
 
 from sglang_backend import AsyncSGLangModel, InvalidRequestError
 from sglang_backend._requests import check_messages
 
+from .._shapes import HELLO, WEATHER_TOOL, Address, Person
 from .conftest import CaptureServer, judge
 
 pytestmark = pytest.mark.filterwarnings("ignore:max_tokens is deprecated:DeprecationWarning")
 
 MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 KEY = "capture-key"
-HELLO = [{"role": "user", "content": "Hello there"}]
 
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather for a city",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string"},
-                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-            },
-            "required": ["city", "unit"],
-        },
-    },
-}
-
-
-class Address(BaseModel):
-    street: str
-    city: str
-    zip_code: str
-
-
-class Person(BaseModel):
-    name: str
-    age: int = Field(ge=0, le=150)
-    email: str | None = None
-    role: Literal["admin", "user", "guest"]
-    addresses: list[Address]
-    scores: dict[str, float]
-    active: bool
 
 
 class LookUpOrder(BaseModel):
