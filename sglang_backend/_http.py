@@ -8,12 +8,14 @@ the same stack and share one connection pool with the SDK, so a process never lo
 from __future__ import annotations
 
 import importlib
+import urllib.parse
+import urllib.request
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import openai
 
-__all__ = ["httpx", "new_async_client", "stack_name"]
+__all__ = ["ServerPool", "httpx", "new_async_client", "new_sync_transport", "stack_name"]
 
 
 def _sdk_stack() -> ModuleType:
@@ -39,3 +41,42 @@ def new_async_client(**kwargs: Any) -> httpx.AsyncClient:
     """
     client: httpx.AsyncClient = openai.DefaultAsyncHttpxClient(**kwargs)
     return client
+
+
+def _proxy_for(url: str) -> str | None:
+    """The proxy the environment asks for ``url``, never one for a loopback server."""
+    parsed = urllib.parse.urlsplit(url)
+    host = parsed.hostname or ""
+    if host in _LOOPBACK or host.startswith("127.") or urllib.request.proxy_bypass(host):
+        return None
+    return urllib.request.getproxies().get(parsed.scheme)
+
+
+_LOOPBACK = frozenset({"localhost", "::1", "127.0.0.1"})
+
+
+def new_sync_transport(url: str) -> httpx.HTTPTransport:
+    """A blocking transport to the server at ``url`` (the SDK's limits; no proxy on loopback)."""
+    return httpx.HTTPTransport(
+        limits=openai.DEFAULT_CONNECTION_LIMITS, proxy=_proxy_for(url), trust_env=False
+    )
+
+
+class ServerPool:
+    """The connections to one run of one server: an SDK-stack client and its transport.
+
+    The server supervisor creates one per server run and closes it when the run ends, so
+    keep-alive connections to a dead or stopped server never linger. ``client`` serves the
+    SDK and the library's own requests; ``transport`` carries the requests of the leased
+    clients handed to users (:meth:`AsyncSGLangModel.openai_client`). Loopback servers are
+    never reached through a proxy, whatever ``HTTP_PROXY`` says.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.transport = httpx.AsyncHTTPTransport(
+            limits=openai.DEFAULT_CONNECTION_LIMITS, proxy=_proxy_for(url), trust_env=False
+        )
+        self.client: httpx.AsyncClient = new_async_client(transport=self.transport)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()  # closes the transport too

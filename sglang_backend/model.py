@@ -18,26 +18,25 @@ import pydantic
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ParsedChatCompletion
 
 from . import _http
+from ._lease import Lease, LeaseContext, RequestPath
 from ._requests import build_response_format, check_messages, check_tools
+from ._translate import check_response
+from ._transport import LeasedAsyncTransport
 from .config import ServerConfig, SGLangConfig
 from .errors import (
-    AuthenticationError,
-    BadRequestError,
     ConfigError,
     InvalidRequestError,
     ModelClosedError,
     RequestError,
-    RequestTimeoutError,
-    ServerUnavailableError,
     StructuredOutputError,
     ToolCallParserMissingError,
 )
 from .server import (
+    Backend,
     EventCallback,
     LaunchedServer,
     RemoteServer,
     ServerState,
-    _Backend,
 )
 
 __all__ = ["AsyncSGLangModel", "ChatStream", "SGLangTokenCounter"]
@@ -46,8 +45,6 @@ logger = logging.getLogger("sglang_backend")
 
 DEFAULT_TIMEOUT = 180.0
 ModelT = TypeVar("ModelT", bound=pydantic.BaseModel)
-_MAX_ATTEMPTS = 3
-_CLOSE_MESSAGE = "sglang_backend: model closed"
 _NO_KEY = "EMPTY"  # the SDK insists on a key; a server without --api-key ignores it
 
 
@@ -75,28 +72,6 @@ def _model_name(model_type: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"model_type must be a non-empty model name or path, got {model_type!r}")
     return value
-
-
-def _status_error(exc: openai.APIStatusError) -> RequestError:
-    body = exc.body
-    message: object = None
-    if isinstance(body, Mapping):
-        message = body.get("message")
-        if message is None and isinstance(body.get("error"), (str, Mapping)):
-            error = body["error"]
-            message = error.get("message") if isinstance(error, Mapping) else error
-    text = f"the server answered {exc.status_code}: {message or exc.message}"
-    if exc.status_code in (400, 422):
-        return BadRequestError(text, status_code=exc.status_code, body=body)
-    if exc.status_code in (401, 403):
-        return AuthenticationError(text, status_code=exc.status_code, body=body)
-    return RequestError(text, status_code=exc.status_code, body=body)
-
-
-def _not_sent(exc: BaseException) -> bool:
-    """True when the request surely never reached the server (safe to retry)."""
-    cause = exc.__cause__ or exc.__context__
-    return isinstance(exc, _http.httpx.ConnectError) or isinstance(cause, _http.httpx.ConnectError)
 
 
 class SGLangTokenCounter:
@@ -134,12 +109,12 @@ class ChatStream(AsyncIterator[ChatCompletionChunk]):
         self,
         model: AsyncSGLangModel,
         stream: openai.AsyncStream[ChatCompletionChunk],
-        token: object,
+        lease: Lease,
     ) -> None:
         self._model = model
         self._stream = stream
         self._iterator = stream.__aiter__()
-        self._token = token
+        self._lease = lease
         self._closed = False
         self._loop = asyncio.get_running_loop()
         model._streams.add(self)
@@ -166,25 +141,15 @@ class ChatStream(AsyncIterator[ChatCompletionChunk]):
             if self._model._closed:
                 raise ModelClosedError("the model was closed while streaming") from None
             raise
-        except openai.APIStatusError as exc:
-            await self.aclose()
-            raise _status_error(exc) from exc
-        except (_http.httpx.TransportError, openai.APIConnectionError) as exc:
-            # Before `except openai.APIError`: APIConnectionError is an APIError too, and a
-            # connection broken by a crash must be classified as one (ServerCrashedError).
+        except Exception as exc:
             await self.aclose()
             if self._model._closed:
                 raise ModelClosedError("the model was closed while streaming") from exc
-            backend = self._model._backend
-            if backend is not None:
-                await backend.recover(self._token, exc, sent=True)
-            raise ServerUnavailableError(
-                f"the connection to the server broke mid-stream: {type(exc).__name__}"
-            ) from exc
-        except openai.APIError as exc:  # an error event inside the stream
-            await self.aclose()
-            raise RequestError(f"the server reported an error mid-stream: {exc.message}",
-                               body=exc.body) from exc
+            # Mid-stream nothing is retried: the one translation decides the type.
+            error = await self._model._path.translate(self._lease, exc)
+            if error is None or error is exc:
+                raise
+            raise error from exc
 
     async def aclose(self) -> None:
         """Close the HTTP stream and release the request (idempotent)."""
@@ -192,9 +157,7 @@ class ChatStream(AsyncIterator[ChatCompletionChunk]):
             return
         self._closed = True
         self._model._streams.discard(self)
-        backend = self._model._backend
-        if backend is not None:
-            backend.release()
+        self._lease.release()
         try:
             await self._stream.close()
         except Exception:  # closing a broken connection must not mask the real error
@@ -209,7 +172,7 @@ class ChatStream(AsyncIterator[ChatCompletionChunk]):
         warnings.warn("ChatStream was not closed; use `async with` or `await stream.aclose()`",
                       ResourceWarning, stacklevel=1)
         with contextlib.suppress(RuntimeError):  # the loop is already closed
-            self._loop.call_soon_threadsafe(_abandon, self._model._backend, self._stream)
+            self._loop.call_soon_threadsafe(_abandon, self._lease, self._stream)
 
     async def __aenter__(self) -> ChatStream:
         return self
@@ -290,14 +253,15 @@ class AsyncSGLangModel:
             self._server_config = ServerConfig()
         self._token_counter = token_counter
         self._on_event = on_event
-        self._backend: _Backend | None = None
+        self._backend: Backend | None = None
         self._client: openai.AsyncOpenAI | None = None
-        self._client_target: tuple[str, str | None] | None = None
-        self._http: _http.httpx.AsyncClient | None = None
+        self._client_target: tuple[object, str, str | None] | None = None
         self._prepare_task: asyncio.Task[None] | None = None
         self._closed = False
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._path = RequestPath(self._get_backend, timeout=self._timeout,
+                                 closed=lambda: self._closed)
         self._streams: weakref.WeakSet[ChatStream] = weakref.WeakSet()
+        self._context_length: int | None = None
         self._request_model = (
             self._server_config.served_model_name
             if self._server_config is not None and self._server_config.served_model_name
@@ -320,6 +284,107 @@ class AsyncSGLangModel:
     def check_model_config(self) -> None:
         """Re-validate ``model_config_dict`` (CAMEL API); raises ConfigError."""
         SGLangConfig.from_dict(self.model_config_dict)
+
+    @property
+    def request_model(self) -> str:
+        """The ``model`` value requests carry (``served_model_name`` if set, else the path)."""
+        return self._request_model
+
+    @property
+    def timeout(self) -> float:
+        """The per-request timeout in seconds."""
+        return self._timeout
+
+    # -- the request path ----------------------------------------------------------------
+    @property
+    def request_path(self) -> RequestPath:
+        """The model's admission and error translation (what leased transports build on)."""
+        return self._path
+
+    def lease(self) -> LeaseContext:
+        """Admit one request for the duration of an ``async with`` block.
+
+        ``async with model.lease() as lease:`` starts (or relaunches) the server and waits for
+        it, counts the block as a request in flight (the idle watchdog waits for it), and
+        yields where to send: ``lease.base_url``, ``lease.api_key``, ``lease.headers`` and
+        ``lease.http`` (an ``AsyncClient`` on the server's connection pool). Exceptions raised
+        in the block are translated like the library's own (a dead server becomes
+        :class:`~sglang_backend.errors.ServerCrashedError` and is relaunched next time).
+        """
+        if self._closed:
+            raise ModelClosedError("the model is closed")
+        return self._path.lease()
+
+    def openai_client(self, **options: Any) -> openai.AsyncOpenAI:
+        """An ``openai.AsyncOpenAI`` whose every request is admitted by this model.
+
+        Use it for what the library does not wrap (completions, embeddings, models, any
+        endpoint): each request waits out a launch or a relaunch, counts as in flight (a
+        stream until it is closed), carries the key, and goes to the current server; the
+        client never needs rebuilding. Errors are the SDK's own types. ``options`` are passed
+        to ``AsyncOpenAI`` (``max_retries`` defaults to 0: admission already waits).
+        """
+        if self._closed:
+            raise ModelClosedError("the model is closed")
+        options.setdefault("max_retries", 0)
+        options.setdefault("timeout", self._timeout)
+        return openai.AsyncOpenAI(
+            base_url=LeasedAsyncTransport.BASE_URL,
+            api_key=LeasedAsyncTransport.PLACEHOLDER_KEY,
+            http_client=self.http_client(),
+            **options,
+        )
+
+    def http_client(self) -> _http.httpx.AsyncClient:
+        """An ``AsyncClient`` (the SDK's HTTP stack) whose every request this model admits.
+
+        Any URL's scheme, host and port are replaced by the current server's, and the key
+        is added: ``await client.post("/generate", json=...)`` works before the first start
+        and across relaunches. Close it when done (the server's own pool is not affected).
+        """
+        if self._closed:
+            raise ModelClosedError("the model is closed")
+        client: _http.httpx.AsyncClient = openai.DefaultAsyncHttpxClient(
+            transport=LeasedAsyncTransport(self._path),
+            base_url=LeasedAsyncTransport.BASE_URL.removesuffix("/v1"),
+        )
+        return client
+
+    # -- SGLang's native endpoints --------------------------------------------------------
+    async def _native(self, path: str, body: Mapping[str, Any] | None = None,
+                      *, method: str = "POST") -> Any:
+        """Send one native request under a lease; the decoded JSON (or text) answer."""
+        async def send(lease: Lease) -> Any:
+            return await lease.http.request(method, f"{lease.base_url}{path}", json=body,
+                                            headers=lease.headers, timeout=self._timeout)
+
+        response = check_response(await self._path.call(send))
+        try:
+            return response.json()
+        except ValueError:
+            return response.text
+
+    async def tokenize(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of ``text`` under the served model's tokenizer (``/tokenize``)."""
+        if not isinstance(text, str):
+            raise InvalidRequestError(f"text must be a str, got {type(text).__name__}")
+        data = await self._native("/tokenize", {"prompt": text,
+                                                "add_special_tokens": add_special_tokens})
+        self._context_length = data.get("max_model_len") or self._context_length
+        return [int(token) for token in data["tokens"]]
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        """The text of ``tokens`` under the served model's tokenizer (``/detokenize``)."""
+        data = await self._native("/detokenize", {"tokens": [int(t) for t in tokens]})
+        return str(data["text"])
+
+    async def context_length(self) -> int:
+        """The served model's context window (``max_model_len``)."""
+        if self._context_length is None:
+            await self.tokenize("")
+        if self._context_length is None:
+            raise RequestError("the server does not report its context length")
+        return int(self._context_length)
 
     # -- observable state --------------------------------------------------------------
     @property
@@ -383,10 +448,10 @@ class AsyncSGLangModel:
         """True when the server answers ``/health`` with 200 now (no launch, no wait)."""
         if self._closed or self._backend is None or not self.base_url:
             return False
-        assert self._http is not None
         try:
-            response = await self._http.get(f"{self.base_url}/health", timeout=5.0)
-        except _http.httpx.TransportError:
+            client = self._backend.pool.client
+            response = await client.get(f"{self.base_url}/health", timeout=5.0)
+        except (_http.httpx.TransportError, ModelClosedError):
             return False
         return response.status_code == 200
 
@@ -413,27 +478,20 @@ class AsyncSGLangModel:
         if self._closed:
             return
         self._closed = True
-        current = asyncio.current_task()
-        for task in list(self._tasks):
-            if task is not current:
-                task.cancel(_CLOSE_MESSAGE)
+        self._path.cancel_all()
         for stream in list(self._streams):
             await stream.aclose()
         if self._prepare_task is not None and not self._prepare_task.done():
             self._prepare_task.cancel()
             await asyncio.wait({self._prepare_task})
-        try:
-            if self._backend is not None:
-                await self._backend.aclose()
-        finally:
-            if self._http is not None:
-                await self._http.aclose()
+        if self._backend is not None:
+            await self._backend.aclose()  # stops the server, closes its connection pool
 
     async def cleanup(self) -> None:
         """Alias of :meth:`aclose` (CAMEL's name)."""
         await self.aclose()
 
-    async def _get_backend(self) -> _Backend:
+    async def _get_backend(self) -> Backend:
         if self._closed:
             raise ModelClosedError("the model is closed")
         if self._backend is None:
@@ -444,57 +502,41 @@ class AsyncSGLangModel:
         return self._backend
 
     async def _prepare(self) -> None:
-        # Building the client (SSL context, certificate files) and the SDK's lazy imports cost
-        # tens of ms; they run in a thread so the event loop never stalls.
-        http, self._client = await asyncio.to_thread(self._build_clients)
-        self._http = http
-        if self._closed:
-            await http.aclose()
-            raise ModelClosedError("the model is closed")
+        backend: Backend
         if self._url is not None:
-            self._backend = RemoteServer(
-                self._url, self._api_key, http,
-                startup_timeout=self._timeout, on_event=self._on_event,
-            )
+            backend = RemoteServer(self._url, self._api_key, startup_timeout=self._timeout,
+                                   on_event=self._on_event)
         else:
             assert self._server_config is not None
-            backend = LaunchedServer(
-                self.model_type, self._server_config, http,
-                api_key=self._api_key, on_event=self._on_event, renew_client=self._renew_http,
-            )
-            self._backend = backend
+            backend = LaunchedServer(self.model_type, self._server_config,
+                                     api_key=self._api_key, on_event=self._on_event)
+        await backend.open()
+        # Building the SDK client and its lazy imports cost tens of ms: in a thread, so the
+        # event loop never stalls.
+        self._client = await asyncio.to_thread(self._build_client, backend.pool.client)
+        if self._closed:
+            await backend.aclose()
+            raise ModelClosedError("the model is closed")
+        self._backend = backend
 
-    async def _renew_http(self) -> _http.httpx.AsyncClient:
-        """A fresh connection pool for the next server incarnation (the old one is closed)."""
-        old, client = self._http, self._client
-        assert old is not None
-        assert client is not None
-        if self._closed:  # aclose() closes the current pool anyway
-            return old
-        new = await asyncio.to_thread(_http.new_async_client)
-        self._http = new
-        self._client = client.with_options(http_client=new)
-        await old.aclose()
-        return new
-
-    def _build_clients(self) -> tuple[_http.httpx.AsyncClient, openai.AsyncOpenAI]:
-        http = _http.new_async_client()
+    def _build_client(self, http: _http.httpx.AsyncClient) -> openai.AsyncOpenAI:
         client = openai.AsyncOpenAI(
             api_key="placeholder", base_url="http://127.0.0.1/v1", http_client=http,
             max_retries=0, timeout=self._timeout,
         )
         asyncio.run(_warm_up_request_path())
-        return http, client
+        return client
 
-    def _openai(self, backend: _Backend) -> openai.AsyncOpenAI:
-        # The URL is known after the first launch and stays (the port is reserved), so the
-        # SDK client is re-pointed once; the hot path is one tuple comparison.
-        target = (backend.base_url, backend.api_key)
+    def _openai(self, lease: Lease) -> openai.AsyncOpenAI:
+        # Re-pointed once per server run (the URL is stable: the port is reserved; the pool
+        # is renewed per run), so the hot path is one tuple comparison.
+        target = (lease.http, lease.base_url, lease.api_key)
         client = self._client
         assert client is not None
         if target != self._client_target:
             client = client.with_options(
-                base_url=f"{backend.base_url}/v1", api_key=backend.api_key or _NO_KEY
+                base_url=f"{lease.base_url}/v1", api_key=lease.api_key or _NO_KEY,
+                http_client=lease.http,
             )
             self._client, self._client_target = client, target
         return client
@@ -590,111 +632,45 @@ class AsyncSGLangModel:
         return completion
 
     async def _request(self, kwargs: dict[str, Any]) -> ChatCompletion:
-        result: ChatCompletion = await self._call(
-            lambda client: client.chat.completions.create(
+        async def send(lease: Lease) -> ChatCompletion:
+            completion: ChatCompletion = await self._openai(lease).chat.completions.create(
                 model=self._request_model, **kwargs
-            ),
-            keep_lease=False,
-        )
-        return result
+            )
+            return completion
+
+        return await self._path.call(send)
 
     async def _open_stream(self, kwargs: dict[str, Any]) -> ChatStream:
-        stream, token = await self._call(
-            lambda client: client.chat.completions.create(
-                model=self._request_model, **kwargs
-            ),
-            keep_lease=True,
-        )
-        return ChatStream(self, stream, token)
+        async def send(lease: Lease) -> openai.AsyncStream[ChatCompletionChunk]:
+            stream: openai.AsyncStream[ChatCompletionChunk] = (
+                await self._openai(lease).chat.completions.create(
+                    model=self._request_model, **kwargs
+                )
+            )
+            return stream
 
-    async def _call(self, send: Any, *, keep_lease: bool) -> Any:
-        """Admit, send, map errors, retry what is safe to retry, release."""
-        backend = self._backend or await self._get_backend()
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        token: object = None
-        held = False
-        try:
-            # Inside the try: a close while waiting for the start is a ModelClosedError, and a
-            # failed start still unregisters the task.
-            token = await backend.acquire()
-            held = True
-            for attempt in range(_MAX_ATTEMPTS):
-                try:
-                    result = await send(self._openai(backend))
-                except openai.APITimeoutError as exc:
-                    raise RequestTimeoutError(
-                        f"no answer within {self._timeout:g} s (timeout); not retried, the "
-                        "server may still be generating"
-                    ) from exc
-                except openai.APIConnectionError as exc:
-                    last_try = attempt == _MAX_ATTEMPTS - 1
-                    retry = await backend.recover(token, exc, sent=not _not_sent(exc))
-                    if not retry or last_try:
-                        raise ServerUnavailableError(
-                            f"could not reach the server at {backend.base_url}: "
-                            f"{type(exc.__cause__ or exc).__name__}"
-                        ) from exc
-                except openai.APIStatusError as exc:
-                    if exc.status_code != 503 or attempt == _MAX_ATTEMPTS - 1:
-                        raise _status_error(exc) from exc
-                    await backend.recover(token, exc, sent=False)
-                else:
-                    if keep_lease:
-                        held = False
-                        return result, token
-                    return result
-                # Retrying: let go of the lease so a stopped server can be relaunched.
-                backend.release()
-                held = False
-                token = await backend.acquire()
-                held = True
-            raise AssertionError("unreachable")  # pragma: no cover
-        except asyncio.CancelledError as exc:
-            if self._closed and task is not None and _CLOSE_MESSAGE in exc.args:
-                _uncancel(task)
-                raise ModelClosedError("the model was closed during the request") from None
-            raise
-        finally:
-            if held:
-                backend.release()
-            if task is not None:
-                self._tasks.discard(task)
+        stream, lease = await self._path.open(send)
+        return ChatStream(self, stream, lease)
 
     async def _tokenize(
         self, body: dict[str, Any], messages: list[Mapping[str, Any]] | None = None
     ) -> int:
-        backend = self._backend or await self._get_backend()
-        assert self._http is not None
-        http = self._http
-        headers = {"Authorization": f"Bearer {backend.api_key}"} if backend.api_key else {}
+        async def send(lease: Lease) -> Any:
+            return await lease.http.post(f"{lease.base_url}/tokenize", json=body,
+                                         headers=lease.headers, timeout=self._timeout)
 
-        async def send(_client: openai.AsyncOpenAI) -> Any:
-            return await http.post(
-                f"{backend.base_url}/tokenize", json=body, headers=headers, timeout=self._timeout
-            )
-
-        try:
-            response = await self._call(send, keep_lease=False)
-        except _http.httpx.TransportError as exc:
-            raise ServerUnavailableError(f"/tokenize failed: {type(exc).__name__}") from exc
-        if response.status_code == 200:
-            count = response.json().get("count")
-            if isinstance(count, int):
-                return count
-        if messages is None or response.status_code not in (404, 405):
-            raise RequestError(
-                f"/tokenize answered {response.status_code}: {response.text[:200]}",
-                status_code=response.status_code,
-            )
-        # Not an SGLang server: count via the usage of a one-token completion.
-        completion = await self._request(
-            {"messages": messages, "max_tokens": 1}
-        )
-        if completion.usage is None:
-            raise RequestError("the server reports no usage; cannot count tokens")
-        return completion.usage.prompt_tokens
+        response = await self._path.call(send)
+        if response.status_code in (404, 405) and messages is not None:
+            # Not an SGLang server: count via the usage of a one-token completion.
+            completion = await self._request({"messages": messages, "max_tokens": 1})
+            if completion.usage is None:
+                raise RequestError("the server reports no usage; cannot count tokens")
+            return completion.usage.prompt_tokens
+        count = check_response(response).json().get("count")
+        if not isinstance(count, int):
+            raise RequestError(f"/tokenize answered without a count: {response.text[:200]}",
+                               status_code=response.status_code)
+        return count
 
 
 async def _warm_up_request_path() -> None:
@@ -735,17 +711,10 @@ _SAMPLE_CHUNK: dict[str, Any] = {
 }
 
 
-def _abandon(backend: _Backend | None, stream: openai.AsyncStream[ChatCompletionChunk]) -> None:
-    if backend is not None:
-        backend.release()
+def _abandon(lease: Lease, stream: openai.AsyncStream[ChatCompletionChunk]) -> None:
+    lease.release()
     task = asyncio.ensure_future(stream.close())
     task.add_done_callback(lambda t: t.cancelled() or t.exception())
-
-
-def _uncancel(task: asyncio.Task[Any]) -> None:
-    uncancel = getattr(task, "uncancel", None)
-    if uncancel is not None:
-        uncancel()
 
 
 def _parse(completion: ChatCompletion, into: type[pydantic.BaseModel]) -> ChatCompletion:

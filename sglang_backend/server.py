@@ -30,7 +30,7 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +50,7 @@ from .watchdog import InactivityWatchdog
 Supervised = ServerProcess | RouterGroup
 """What a launched server is: one process tree, or workers behind an sglang-router."""
 
-__all__ = ["LaunchedServer", "PortReservation", "RemoteServer", "ServerEvent", "ServerState"]
+__all__ = ["Backend", "LaunchedServer", "PortReservation", "RemoteServer", "ServerEvent", "ServerState"]
 
 logger = logging.getLogger("sglang_backend.server")
 
@@ -162,17 +162,53 @@ class PortReservation:
         self._sock.close()
 
 
-class _Backend(abc.ABC):
-    """What the model needs from a server: admission, readiness, error classification."""
+class Backend(abc.ABC):
+    """What the model needs from a server: admission, readiness, error classification, and
+    the connections to it.
+
+    The backend owns its HTTP pool (:class:`~sglang_backend._http.ServerPool`): it creates it
+    in :meth:`open`, replaces it for every server run (no keep-alive connection outlives the
+    server it was made to) and closes it in :meth:`aclose`. Only
+    :class:`~sglang_backend._lease.RequestPath` calls ``acquire``/``recover``/``release``.
+    """
 
     base_url: str
     api_key: str | None
-    managed: bool
 
     def __init__(self, on_event: EventCallback | None) -> None:
         self._on_event = on_event
         self.state = ServerState.CREATED
         self.inflight = 0
+        self._pool: _http.ServerPool | None = None
+
+    @property
+    def pool(self) -> _http.ServerPool:
+        """The connections of the current server run (after :meth:`open`)."""
+        if self._pool is None:
+            raise ModelClosedError("the server's connections are not open (closed model?)")
+        return self._pool
+
+    @abc.abstractmethod
+    def _pool_url(self) -> str:
+        """The URL the pool will connect to (decides whether a proxy applies)."""
+
+    async def open(self) -> None:
+        """Create the connection pool (in a thread: building an SSL context reads files)."""
+        if self._pool is None:
+            self._pool = await asyncio.to_thread(_http.ServerPool, self._pool_url())
+
+    async def _renew_pool(self) -> None:
+        """A fresh pool for the next server run; the old one is closed."""
+        old = self._pool
+        if old is None or self.state is ServerState.CLOSED:
+            return
+        self._pool = await asyncio.to_thread(_http.ServerPool, self._pool_url())
+        await old.aclose()
+
+    async def _close_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.aclose()
 
     def emit(self, kind: str, pid: int | None = None, **detail: Any) -> None:
         event = ServerEvent(kind, pid=pid, base_url=getattr(self, "base_url", None), detail=detail)
@@ -211,16 +247,13 @@ class _Backend(abc.ABC):
         """Release everything; final."""
 
 
-class RemoteServer(_Backend):
+class RemoteServer(Backend):
     """Connect mode: a server (or sglang-router) someone else runs. Never launched or stopped."""
-
-    managed = False
 
     def __init__(
         self,
         url: str,
         api_key: str | None,
-        client: _http.httpx.AsyncClient,
         *,
         startup_timeout: float,
         on_event: EventCallback | None = None,
@@ -228,8 +261,13 @@ class RemoteServer(_Backend):
         super().__init__(on_event)
         self.base_url = url
         self.api_key = api_key
-        self._client = client
         self._timeout = startup_timeout
+
+    def _pool_url(self) -> str:
+        return self.base_url
+
+    def __repr__(self) -> str:
+        return f"RemoteServer({self.base_url!r}, state={self.state.value})"
 
     async def acquire(self) -> object:
         if self.state is ServerState.CLOSED:
@@ -250,7 +288,7 @@ class RemoteServer(_Backend):
         last: str = "no answer"
         while True:
             try:
-                response = await self._client.get(f"{self.base_url}/health", timeout=30.0)
+                response = await self.pool.client.get(f"{self.base_url}/health", timeout=30.0)
                 if response.status_code == 200:
                     return
                 last = f"/health answered {response.status_code}"
@@ -273,9 +311,10 @@ class RemoteServer(_Backend):
 
     async def aclose(self) -> None:
         self.state = ServerState.CLOSED
+        await self._close_pool()
 
 
-class LaunchedServer(_Backend):
+class LaunchedServer(Backend):
     """Launch mode: the library owns the server process from launch to teardown.
 
     Public attributes for inspection: ``state``, ``pid``, ``base_url``, ``launches``,
@@ -284,29 +323,21 @@ class LaunchedServer(_Backend):
     and ``error`` (what put it in FAILED: the start error or a ServerCrashedError).
     """
 
-    managed = True
-
     def __init__(
         self,
         model_path: str,
         config: ServerConfig,
-        client: _http.httpx.AsyncClient,
         *,
         api_key: str | None = None,
         on_event: EventCallback | None = None,
-        on_phase: Callable[[Phase], None] | None = None,
-        renew_client: Callable[[], Awaitable[_http.httpx.AsyncClient]] | None = None,
     ) -> None:
         super().__init__(on_event)
         self.model_path = model_path
-        self._renew_client = renew_client
         self._cleanup: asyncio.Task[None] | None = None
         self.config = config
-        self._client = client
         self.api_key = api_key or (
             config.api_key.get_secret_value() if config.api_key else secrets.token_hex(24)
         )
-        self._on_phase = on_phase
         self._reservation: PortReservation | None = None
         self.process: Supervised | None = None
         self._worker_reservations: list[PortReservation] = []
@@ -318,6 +349,13 @@ class LaunchedServer(_Backend):
         self._launches = 0
         self._watchdog = InactivityWatchdog(config.inactivity_timeout, self._idle_stop)
         self.base_url = ""
+
+    def _pool_url(self) -> str:
+        return self.base_url or _url(self.config.host, self.config.port or 0)
+
+    def __repr__(self) -> str:
+        return (f"LaunchedServer({self.model_path!r}, state={self.state.value}, "
+                f"url={self.base_url or None!r}, launches={self._launches})")
 
     # -- observable state -------------------------------------------------------------
     @property
@@ -438,7 +476,7 @@ class LaunchedServer(_Backend):
         self.process = process
         await process.wait_ready(
             health_url=f"{self.base_url}/health",
-            client=self._client,
+            client=self.pool.client,
             timeout=self.config.startup_timeout,
         )
         return process
@@ -454,7 +492,7 @@ class LaunchedServer(_Backend):
             for reservation in self._worker_reservations:
                 reservation.check_free()
         group = RouterGroup(
-            self.model_path, self.config, api_key=self.api_key, client=self._client,
+            self.model_path, self.config, api_key=self.api_key, client=self.pool.client,
             router_port=self._reservation.port, router_url=self.base_url,
             worker_ports=[r.port for r in self._worker_reservations],
             worker_urls=[_url(self.config.host, r.port) for r in self._worker_reservations],
@@ -498,9 +536,8 @@ class LaunchedServer(_Backend):
 
     async def _drop_connections(self) -> None:
         """Pooled keep-alive connections to a dead server would linger (CLOSE_WAIT) until
-        reused or expired: start the next incarnation with a fresh pool instead."""
-        if self._renew_client is not None:
-            self._client = await self._renew_client()
+        reused or expired: start the next run with a fresh pool instead."""
+        await self._renew_pool()
 
     async def recover(self, token: object, exc: BaseException, *, sent: bool) -> bool:
         process = token if isinstance(token, (ServerProcess, RouterGroup)) else None
@@ -587,5 +624,6 @@ class LaunchedServer(_Backend):
             for reservation in [self._reservation, *self._worker_reservations]:
                 if reservation is not None:
                     reservation.close()
+            await self._close_pool()
             self.emit("closed")
 

@@ -21,13 +21,16 @@ from types import TracebackType
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 import anyio
+import openai
 from anyio.from_thread import BlockingPortal
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ParsedChatCompletion
 
+from ._lease import Lease
+from ._transport import LeasedSyncTransport
 from .config import ServerConfig
 from .errors import ModelClosedError
 from .model import AsyncSGLangModel, ChatStream, ModelT
-from .server import EventCallback, ServerState
+from .server import EventCallback, LaunchedServer, ServerState
 
 __all__ = ["SGLangModel", "SyncChatStream", "SyncTokenCounter"]
 
@@ -116,6 +119,17 @@ class _Portal:
         self.get()
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(_await(func), self._loop)
+
+    def call_soon(self, func: Callable[[], object]) -> None:
+        """Run the plain function ``func`` on the loop soon; do not wait (no-op once stopped)."""
+        loop = self._loop
+        if loop is None:
+            return
+        if self.in_loop_thread():
+            func()
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            loop.call_soon_threadsafe(func)
 
     def stop(self) -> None:
         with self._lock:
@@ -339,6 +353,102 @@ class SGLangModel:
     @property
     def api_key(self) -> str | None:
         return self._async.api_key
+
+    @property
+    def launched(self) -> bool:
+        """True in launch mode, False when connected to an external server via ``url``."""
+        return self._async.launched
+
+    @property
+    def server(self) -> LaunchedServer | None:
+        """The launched-server supervisor (launch mode), for inspection."""
+        return self._async.server
+
+    @property
+    def request_model(self) -> str:
+        """The ``model`` value requests carry."""
+        return self._async.request_model
+
+    @property
+    def timeout(self) -> float:
+        """The per-request timeout in seconds."""
+        return self._async.timeout
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran (or the model was finalized)."""
+        return self._runtime.closed
+
+    # -- the request path ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[Lease]:
+        """Admit one request for a ``with`` block (see :meth:`AsyncSGLangModel.lease`).
+
+        The lease's ``base_url``, ``api_key`` and ``headers`` tell where to send; its ``http``
+        is the async model's client, for coroutines run with :meth:`call_async`.
+        """
+        context = self._async.lease()
+        portal = self._runtime.portal
+        lease = portal.call(context.__aenter__)
+        try:
+            yield lease
+        except BaseException as exc:
+            portal.call(context.__aexit__, type(exc), exc, exc.__traceback__)
+            raise
+        portal.call(context.__aexit__, None, None, None)
+
+    def openai_client(self, **options: Any) -> openai.OpenAI:
+        """A blocking ``openai.OpenAI`` whose every request this model admits.
+
+        The twin of :meth:`AsyncSGLangModel.openai_client`: admission (and a relaunch) runs
+        on the model's loop, the HTTP exchange in the calling thread.
+        """
+        options.setdefault("max_retries", 0)
+        options.setdefault("timeout", self._async.timeout)
+        return openai.OpenAI(
+            base_url=LeasedSyncTransport.BASE_URL,
+            api_key=LeasedSyncTransport.PLACEHOLDER_KEY,
+            http_client=self.http_client(),
+            **options,
+        )
+
+    def http_client(self) -> Any:
+        """A blocking ``Client`` (the SDK's HTTP stack) whose every request this model admits."""
+        if self._runtime.closed:
+            raise ModelClosedError("the model is closed")
+        transport = LeasedSyncTransport(self._async.request_path, self._runtime.portal)
+        return openai.DefaultHttpxClient(
+            transport=transport, base_url=LeasedSyncTransport.BASE_URL.removesuffix("/v1")
+        )
+
+    def call_async(self, func: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run the coroutine function ``func`` on the model's loop and wait for its result.
+
+        For code that needs the async model's objects (they live on that loop). Ctrl-C
+        cancels the call there and waits for its cleanup.
+        """
+        return self._runtime.portal.call(func, *args, **kwargs)
+
+    def submit_async(self, func: Callable[[], Awaitable[T]]) -> Future[T]:
+        """Start the coroutine function ``func`` on the model's loop; do not wait.
+
+        ``asyncio.wrap_future(model.submit_async(f))`` awaits it from another event loop;
+        cancelling the returned future cancels the task on the model's loop.
+        """
+        return self._runtime.portal.submit(func)
+
+    def tokenize(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        """Blocking :meth:`AsyncSGLangModel.tokenize`."""
+        return self._runtime.portal.call(self._async.tokenize, text,
+                                         add_special_tokens=add_special_tokens)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        """Blocking :meth:`AsyncSGLangModel.detokenize`."""
+        return self._runtime.portal.call(self._async.detokenize, tokens)
+
+    def context_length(self) -> int:
+        """Blocking :meth:`AsyncSGLangModel.context_length`."""
+        return self._runtime.portal.call(self._async.context_length)
 
     @property
     def token_counter(self) -> Any:

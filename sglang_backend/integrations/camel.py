@@ -27,6 +27,7 @@ never waits for a cold start. Needs ``pip install 'sglang-backend[camel]'``.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future
 from types import TracebackType
@@ -38,7 +39,7 @@ from .. import sync as _sync
 from ..config import ServerConfig
 from ..model import AsyncSGLangModel, ChatStream
 from ..server import EventCallback, ServerState
-from ._common import ManagedEndpoint, missing_extra
+from ._common import missing_extra
 
 try:
     from camel.models import BaseModelBackend  # type: ignore[import-not-found, unused-ignore]
@@ -55,14 +56,14 @@ class _Bridge:
     """Runs coroutines on the facade's loop thread, from sync code or from another loop."""
 
     def __init__(self, facade: _sync.SGLangModel) -> None:
-        # The facade's portal is the one loop the async model (and its server) lives on.
-        self._portal = facade._runtime.portal
+        # The facade's loop is the one the async model (and its server) lives on.
+        self._facade = facade
 
     def call(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
-        return self._portal.call(func, *args)
+        return self._facade.call_async(func, *args)
 
     async def acall(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
-        future: Future[T] = self._portal.get().start_task_soon(func, *args)
+        future: Future[T] = self._facade.submit_async(functools.partial(func, *args))
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
@@ -117,21 +118,22 @@ class SGLangTokenCounter(BaseTokenCounter):  # type: ignore[misc, unused-ignore]
 
     def count_tokens_from_messages(self, messages: Any) -> int:
         counter = self._model.async_model.token_counter
-        count: int = self._model._bridge.call(counter.count_tokens_from_messages, list(messages))
+        count: int = self._model.facade.call_async(counter.count_tokens_from_messages,
+                                                   list(messages))
         return count
 
     async def acount_tokens_from_messages(self, messages: Any) -> int:
         counter = self._model.async_model.token_counter
-        count: int = await self._model._bridge.acall(
+        count: int = await _Bridge(self._model.facade).acall(
             counter.count_tokens_from_messages, list(messages)
         )
         return count
 
     def encode(self, text: str) -> list[int]:
-        return self._model._bridge.call(self._model._endpoint.tokenize, text)
+        return self._model.facade.tokenize(text)
 
     def decode(self, token_ids: list[int]) -> str:
-        return self._model._bridge.call(self._model._endpoint.detokenize, list(token_ids))
+        return self._model.facade.detokenize(list(token_ids))
 
 
 class SGLangModel(BaseModelBackend):  # type: ignore[misc, unused-ignore]
@@ -168,10 +170,14 @@ class SGLangModel(BaseModelBackend):  # type: ignore[misc, unused-ignore]
         )
         super().__init__(
             model_type, dict(model_config_dict or {}), api_key, url, token_counter,
-            self._facade.async_model._timeout,
+            self._facade.timeout,
         )
         self._bridge = _Bridge(self._facade)
-        self._endpoint = ManagedEndpoint(self._facade.async_model)
+
+    @property
+    def facade(self) -> _sync.SGLangModel:
+        """The blocking sglang_backend model behind this CAMEL backend."""
+        return self._facade
 
     # -- CAMEL's abstract surface ----------------------------------------------------------
     @property
@@ -195,7 +201,7 @@ class SGLangModel(BaseModelBackend):  # type: ignore[misc, unused-ignore]
         limit = self.model_config_dict.get("max_tokens")
         if isinstance(limit, int) and limit > 0:
             return limit
-        return self._bridge.call(self._endpoint.context_length)
+        return self._facade.context_length()
 
     def _run(
         self,
@@ -252,8 +258,6 @@ class SGLangModel(BaseModelBackend):  # type: ignore[misc, unused-ignore]
 
     def close(self) -> None:
         """Stop the server and release everything (idempotent)."""
-        if self._facade._runtime.portal.started and not self._facade._runtime.closed:
-            self._bridge.call(self._endpoint.aclose)
         self._facade.close()
 
     cleanup = close

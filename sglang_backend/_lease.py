@@ -1,0 +1,246 @@
+"""The one request path: admission, the in-flight count, dead-server reports, release.
+
+Every request the library sends — chat, streams, token counting, native endpoints, the
+requests of the leased clients it hands out — runs under a :class:`Lease`:
+
+1. **admit**: start or relaunch the server if needed and wait until it is ready;
+2. **count** the request in flight, so the idle watchdog cannot stop the server under it
+   (a stream keeps its lease until it is closed);
+3. **report** a failure: a transport error is shown to the backend, which tells a dead
+   server (the next request relaunches it) from a live one; every failure is translated by
+   :func:`~sglang_backend._translate.classify`, the one error translation;
+4. **release**, exactly once.
+
+:class:`RequestPath` is the only code that calls a backend's ``acquire``/``recover``/
+``release``. A new endpoint is a ``send(lease)`` coroutine and its response model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from . import _http
+from ._translate import classify
+from .errors import ModelClosedError, ServerUnavailableError, SGLangError
+
+if TYPE_CHECKING:
+    from .server import Backend
+
+__all__ = ["CLOSE_MESSAGE", "Lease", "LeaseContext", "RequestPath"]
+
+T = TypeVar("T")
+CLOSE_MESSAGE = "sglang_backend: model closed"
+_MAX_ATTEMPTS = 3
+
+
+class Lease:
+    """One admitted request: where to send it, and the promise to give the slot back.
+
+    Attributes:
+        base_url: the server's root URL (``http://127.0.0.1:PORT``).
+        api_key: the key the server expects (never shown in ``repr``).
+        http: the SDK-stack ``AsyncClient`` of this server run (keep-alive pool).
+        transport: the transport under ``http``, for clients that bring their own.
+    """
+
+    __slots__ = ("_backend", "_released", "_token", "api_key", "base_url", "http", "transport")
+
+    def __init__(self, backend: Backend, token: object) -> None:
+        self._backend = backend
+        self._token = token
+        self._released = False
+        self.base_url: str = backend.base_url
+        self.api_key: str | None = backend.api_key
+        pool = backend.pool
+        self.http: _http.httpx.AsyncClient = pool.client
+        self.transport: _http.httpx.AsyncHTTPTransport = pool.transport
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The ``Authorization`` header this server needs (empty without a key)."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    def release(self) -> None:
+        """Give the slot back (idempotent); the watchdog may now count the server idle."""
+        if not self._released:
+            self._released = True
+            self._backend.release()
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else "held"
+        return f"Lease({self.base_url!r}, {state})"  # no key: reprs end up in logs
+
+
+class RequestPath:
+    """Admits requests to a model's server and translates their failures.
+
+    Args:
+        backend: returns the model's backend, creating it on first use.
+        timeout: the per-request timeout (quoted in timeout errors).
+        closed: tells whether the model was closed (cancellations then become
+            :class:`ModelClosedError`).
+    """
+
+    def __init__(
+        self,
+        backend: Callable[[], Awaitable[Backend]],
+        *,
+        timeout: float,
+        closed: Callable[[], bool],
+    ) -> None:
+        self._backend = backend
+        self.timeout = timeout
+        self._closed = closed
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- the lease ------------------------------------------------------------------------
+    def lease(self) -> LeaseContext:
+        """``async with path.lease() as lease:`` — admit one request for the block."""
+        return LeaseContext(self)
+
+    async def admit(self) -> Lease:
+        """Admit one request (starting the server if needed). The caller must release it."""
+        task = asyncio.current_task()
+        backend = await self._backend()
+        try:
+            token = await backend.acquire()
+        except asyncio.CancelledError as exc:
+            closed = self._closed_error(task, exc)
+            if closed is not None:
+                raise closed from None
+            raise
+        return Lease(backend, token)
+
+    # -- sending --------------------------------------------------------------------------
+    async def call(self, send: Callable[[Lease], Awaitable[T]]) -> T:
+        """Send under a lease released when ``send`` returns; retry what is safe to retry."""
+        result, lease = await self._send(send)
+        lease.release()
+        return result
+
+    async def open(self, send: Callable[[Lease], Awaitable[T]]) -> tuple[T, Lease]:
+        """Like :meth:`call`, but the lease stays held: the caller (a stream) releases it."""
+        return await self._send(send)
+
+    async def _send(self, send: Callable[[Lease], Awaitable[T]]) -> tuple[T, Lease]:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            for attempt in range(_MAX_ATTEMPTS):
+                lease = await self.admit()
+                try:
+                    return await send(lease), lease
+                except BaseException as exc:
+                    lease.release()
+                    error = await self.translate(lease, exc, retry=attempt < _MAX_ATTEMPTS - 1)
+                    if error is not None:
+                        raise error from exc
+                    # Retrying: the lease was let go, so a stopped server can be relaunched.
+            raise AssertionError("unreachable")  # pragma: no cover
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def translate(
+        self, lease: Lease, exc: BaseException, *, retry: bool = False
+    ) -> BaseException | None:
+        """The error to raise for ``exc`` raised under ``lease`` (None: retry the request).
+
+        Transport failures are reported to the backend, which raises
+        :class:`~sglang_backend.errors.ServerCrashedError` when the server died with the
+        request, or says whether the request may be sent again.
+        """
+        if isinstance(exc, asyncio.CancelledError):
+            closed = self._closed_error(asyncio.current_task(), exc)
+            return closed or exc
+        failure = classify(exc, timeout=self.timeout)
+        backend = lease._backend
+        if failure.transport:
+            if self._closed():
+                return ModelClosedError("the model was closed during the request")
+            try:
+                again = await backend.recover(lease._token, exc, sent=failure.sent)
+            except SGLangError as typed:  # the backend's verdict: crashed, closed
+                return typed
+            if again and retry:
+                return None
+            return ServerUnavailableError(
+                f"could not reach the server at {lease.base_url}: "
+                f"{type(exc.__cause__ or exc).__name__}"
+            )
+        if failure.retry_after_recovery and retry:
+            await backend.recover(lease._token, exc, sent=False)
+            return None
+        return failure.error or exc
+
+    # -- closing --------------------------------------------------------------------------
+    def cancel_all(self) -> None:
+        """Cancel every request waiting or running on this path (the model is closing)."""
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel(CLOSE_MESSAGE)
+
+    def _closed_error(
+        self, task: asyncio.Task[Any] | None, exc: asyncio.CancelledError
+    ) -> ModelClosedError | None:
+        if self._closed() and task is not None and CLOSE_MESSAGE in exc.args:
+            uncancel = getattr(task, "uncancel", None)  # Python 3.11+
+            if uncancel is not None:
+                uncancel()
+            return ModelClosedError("the model was closed during the request")
+        return None
+
+
+class LeaseContext:
+    """The async context manager behind ``model.lease()``.
+
+    Exceptions raised in the block are translated like the library's own requests' (a
+    crashed server also marks the backend, so the next request relaunches it).
+    """
+
+    __slots__ = ("_lease", "_path", "_task")
+
+    def __init__(self, path: RequestPath) -> None:
+        self._path = path
+        self._lease: Lease | None = None
+        self._task: asyncio.Task[Any] | None = None
+
+    async def __aenter__(self) -> Lease:
+        self._task = asyncio.current_task()
+        if self._task is not None:
+            self._path._tasks.add(self._task)
+        try:
+            self._lease = await self._path.admit()
+        except BaseException:
+            self._forget()
+            raise
+        return self._lease
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        lease = self._lease
+        assert lease is not None
+        lease.release()
+        self._forget()
+        if exc is None:
+            return
+        error = await self._path.translate(lease, exc)
+        if error is not None and error is not exc:
+            raise error from exc
+
+    def _forget(self) -> None:
+        if self._task is not None:
+            self._path._tasks.discard(self._task)

@@ -1,0 +1,167 @@
+"""HTTP transports whose every request is admitted through a model's lease.
+
+They sit under the SDK clients :meth:`AsyncSGLangModel.openai_client` and
+:meth:`SGLangModel.openai_client` hand out (and under the framework integrations): a request
+waits out a launch or relaunch, goes to the server of the current run with its key, counts as
+in flight until its response body is closed (a stream until the stream is), and a failure is
+reported so a dead server is relaunched by the next request. Errors stay the HTTP stack's own
+(the SDK then raises its own types): these clients are the SDK's, not the library's.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, Protocol, TypeVar
+
+from . import _http
+from ._lease import Lease, RequestPath
+
+__all__ = ["LeasedAsyncTransport", "LeasedSyncTransport", "LoopPortal"]
+
+httpx = _http.httpx
+T = TypeVar("T")
+_ATTEMPTS = 2
+
+
+def _retarget(request: Any, lease: Lease) -> None:
+    """Send ``request`` to the leased server, whatever base URL its client was given."""
+    root = httpx.URL(lease.base_url)
+    request.url = request.url.copy_with(scheme=root.scheme, host=root.host, port=root.port)
+    request.headers["Host"] = root.netloc.decode("ascii")
+    if lease.api_key:
+        request.headers["Authorization"] = f"Bearer {lease.api_key}"
+    else:
+        request.headers.pop("Authorization", None)
+
+
+class _ReleasingAsyncStream(httpx.AsyncByteStream):
+    def __init__(self, inner: Any, release: Callable[[], None]) -> None:
+        self._inner = inner
+        self._release = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            self._release()
+
+
+class LeasedAsyncTransport(httpx.AsyncBaseTransport):
+    """An async transport whose requests a model admits (see the module docstring)."""
+
+    #: What the SDK client is built with; every request is retargeted to the real server.
+    BASE_URL = "http://sglang-backend.invalid/v1"
+    PLACEHOLDER_KEY = "sglang-backend-placeholder-key"
+
+    def __init__(self, path: RequestPath) -> None:
+        self._path = path
+
+    async def handle_async_request(self, request: Any) -> Any:
+        for attempt in range(_ATTEMPTS):
+            lease = await self._path.admit()
+            try:
+                _retarget(request, lease)
+                response = await lease.transport.handle_async_request(request)
+            except BaseException as exc:
+                lease.release()
+                if isinstance(exc, Exception):
+                    # Marks a dead server; None: never reached a restarting server, resend.
+                    verdict = await self._path.translate(lease, exc, retry=attempt == 0)
+                    if verdict is None:
+                        continue
+                raise
+            response.stream = _ReleasingAsyncStream(response.stream, lease.release)
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class LoopPortal(Protocol):
+    """What a blocking transport needs from the thread that runs the model's loop."""
+
+    def call(self, func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T: ...
+
+    def call_soon(self, func: Callable[[], object]) -> None: ...
+
+
+class _ReleasingSyncStream(httpx.SyncByteStream):
+    def __init__(self, inner: Any, release: Callable[[], None]) -> None:
+        self._inner = inner
+        self._release = release
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._inner
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            self._release()
+
+
+class LeasedSyncTransport(httpx.BaseTransport):
+    """A blocking transport whose requests a model admits on its loop thread.
+
+    Admission (and a relaunch) runs on the model's loop; the HTTP exchange itself runs in the
+    caller's thread over a blocking pool of its own, replaced whenever the server run changes.
+    """
+
+    BASE_URL = LeasedAsyncTransport.BASE_URL
+    PLACEHOLDER_KEY = LeasedAsyncTransport.PLACEHOLDER_KEY
+
+    def __init__(self, path: RequestPath, portal: LoopPortal) -> None:
+        self._path = path
+        self._portal = portal
+        self._lock = threading.Lock()
+        self._run: object = None
+        self._inner: Any = None
+
+    def _transport_for(self, lease: Lease) -> Any:
+        # One blocking pool per server run: lease.http is replaced with every run.
+        with self._lock:
+            if self._run is not lease.http:
+                old, self._inner = self._inner, _http.new_sync_transport(lease.base_url)
+                self._run = lease.http
+                if old is not None:
+                    old.close()
+            return self._inner
+
+    def handle_request(self, request: Any) -> Any:
+        for attempt in range(_ATTEMPTS):
+            lease: Lease = self._portal.call(self._path.admit)
+            release = _release_on_loop(self._portal, lease)
+            try:
+                _retarget(request, lease)
+                response = self._transport_for(lease).handle_request(request)
+            except BaseException as exc:
+                release()
+                if isinstance(exc, Exception):
+                    verdict = self._portal.call(self._path.translate, lease, exc, retry=attempt == 0)
+                    if verdict is None:
+                        continue
+                raise
+            response.stream = _ReleasingSyncStream(response.stream, release)
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        with self._lock:
+            inner, self._inner = self._inner, None
+        if inner is not None:
+            inner.close()
+
+
+def _release_on_loop(portal: LoopPortal, lease: Lease) -> Callable[[], None]:
+    """Release ``lease`` on the loop thread (the in-flight count lives there), once."""
+    done = threading.Event()
+
+    def release() -> None:
+        if not done.is_set():
+            done.set()
+            portal.call_soon(lease.release)
+
+    return release
