@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import sys
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Any
+
+from sglang_backend.testing._config import ConfigError, config_flag_names, merge_config
 
 __all__ = ["StandinArgs", "build_parser", "parse_args", "parse_token_count"]
 
@@ -42,6 +46,45 @@ def _bool_flag(text: str) -> bool:
     return text.strip().lower() in {"1", "true", "yes", "on"}
 
 
+class LoRAPathAction(argparse.Action):
+    """``--lora-paths`` entries: ``PATH``, ``NAME=PATH`` or JSON ``{"lora_name", "lora_path", "pinned"}``.
+
+    Named like SGLang's action on purpose: ``--config`` refuses a key whose action is
+    neither store_true nor single-valued, and reports the action's class name.
+    """
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        refs: list[dict[str, Any]] = []
+        for item in values or []:
+            text = str(item).strip()
+            if text.startswith("{"):
+                try:
+                    obj = json.loads(text)
+                except ValueError:
+                    parser.error(f"invalid JSON in --lora-paths: {text!r}")
+                if not isinstance(obj, dict) or "lora_name" not in obj or "lora_path" not in obj:
+                    parser.error(f"--lora-paths JSON needs lora_name and lora_path: {text!r}")
+                refs.append(
+                    {
+                        "lora_name": str(obj["lora_name"]),
+                        "lora_path": str(obj["lora_path"]),
+                        "pinned": bool(obj.get("pinned", False)),
+                    }
+                )
+            elif "=" in text:
+                name, path = text.split("=", 1)
+                refs.append({"lora_name": name, "lora_path": path, "pinned": False})
+            else:
+                refs.append({"lora_name": text, "lora_path": text, "pinned": False})
+        setattr(namespace, self.dest, refs)
+
+
 @dataclass
 class StandinArgs:
     """Resolved server arguments (SGLang's names) and the stand-in's fault switches."""
@@ -50,7 +93,14 @@ class StandinArgs:
     tokenizer_path: str
     host: str = "127.0.0.1"
     port: int = 30000
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # secrets stay out of reprs
+    admin_api_key: str | None = field(default=None, repr=False)
+    is_embedding: bool = False
+    enable_lora: bool | None = None
+    lora_paths: list[dict[str, Any]] | None = None
+    max_loras_per_batch: int = 8
+    max_lora_rank: int | None = None
+    lora_target_modules: list[str] | None = None
     served_model_name: str = ""
     context_length: int = 32768
     tool_call_parser: str | None = None
@@ -102,10 +152,7 @@ class StandinArgs:
                 "max_prefill_tokens": 16384,
                 "schedule_policy": "fcfs",
                 "tokenizer_worker_num": 1,
-                "admin_api_key": None,
                 "watchdog_timeout": 300,
-                "is_embedding": False,
-                "enable_lora": None,
                 "weight_version": "default",
                 "sampling_defaults": "model",
             }
@@ -124,7 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tokenizer-path", default=None)
     add("--host", default="127.0.0.1")
     add("--port", type=int, default=30000)
+    add("--config", default=None, metavar="FILE.yaml", help="YAML file of flags (CLI flags win)")
     add("--api-key", default=None)
+    add("--admin-api-key", default=None)
+    add("--is-embedding", action="store_true")
+    add("--enable-lora", action="store_true", default=None)
+    add("--lora-paths", action=LoRAPathAction, nargs="*", default=None)
+    add("--max-loras-per-batch", type=int, default=8)
+    add("--max-lora-rank", type=int, default=None)
+    add("--lora-target-modules", nargs="*", default=None)
     add("--served-model-name", default=None)
     add("--context-length", type=parse_token_count, default=32768)
     add("--tool-call-parser", default=None)
@@ -170,8 +225,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> StandinArgs:
     """Parse *argv* like SGLang does; exits with code 2 on missing/invalid known flags."""
-    namespace, unknown = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    given = list(sys.argv[1:] if argv is None else argv)
+    try:
+        merged, from_file = merge_config(parser, given)
+    except (ConfigError, OSError) as exc:
+        # SGLang lets the ValueError escape prepare_server_args: a traceback and exit 1.
+        sys.stderr.write(f"Traceback (most recent call last):\n{type(exc).__name__}: {exc}\n")
+        raise SystemExit(1) from None
+    except Exception as exc:  # noqa: BLE001 - yaml.YAMLError and friends, as SGLang: exit 1
+        sys.stderr.write(f"Failed to read config file: {type(exc).__name__}: {exc}\n")
+        raise SystemExit(1) from None
+    namespace, unknown = parser.parse_known_args(merged)
+    refused = config_flag_names(parser, unknown, from_file)
+    if refused:
+        parser.error(f"unrecognized arguments: {' '.join(refused)}")
     values = vars(namespace)
+    values.pop("config")
+    if values["lora_paths"] and not values["enable_lora"]:
+        values["enable_lora"] = True  # SGLang: --lora-paths implies --enable-lora
     model_path: str = values["model_path"]
     values["tokenizer_path"] = values["tokenizer_path"] or model_path
     values["served_model_name"] = values["served_model_name"] or model_path
