@@ -31,10 +31,11 @@ from typing import Any, TypeVar
 import psutil
 
 from . import _http
+from ._diagnose import start_error
 from ._reaper import reaper
-from .errors import LaunchCommandNotFoundError, ServerStartError, ServerStartTimeout
+from .errors import LaunchCommandNotFoundError, ServerStartTimeout
 
-__all__ = ["Phase", "ServerProcess", "collect_tree", "kill_tree"]
+__all__ = ["Phase", "ServerProcess", "add_loopback_no_proxy", "collect_tree", "kill_tree"]
 
 logger = logging.getLogger("sglang_backend.server")
 T = TypeVar("T")
@@ -102,11 +103,12 @@ def _running(proc: psutil.Process) -> bool:
 class ServerProcess:
     """A launched process tree. Create with :meth:`spawn`."""
 
-    command: list[str]
+    # The raw command and the secret never reach a repr (reprs end up in logs and reports).
+    command: list[str] = field(repr=False)
     masked_command: list[str]
     proc: asyncio.subprocess.Process
-    secret: str | None
-    on_phase: Callable[[Phase], None] | None = None
+    secret: str | None = field(repr=False)
+    on_phase: Callable[[Phase], None] | None = field(default=None, repr=False)
     ring: deque[str] = field(default_factory=lambda: deque(maxlen=_RING_SIZE))
     ready_seen: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = field(default_factory=time.monotonic)
@@ -149,6 +151,7 @@ class ServerProcess:
         full_env.setdefault("PYTHONUNBUFFERED", "1")
         if env:
             full_env.update(env)
+        add_loopback_no_proxy(full_env)
         # Marks the tree as ours (inherited by every descendant): tests and operators can
         # tell which Python process launched a server.
         full_env[LAUNCHER_ENV] = str(os.getpid())
@@ -238,8 +241,10 @@ class ServerProcess:
         if self.exited in done or self.returncode is not None:
             await self.wait_output_closed()
             code = self.exited.result()
-            raise ServerStartError(
+            # The whole ring, not just the tail: SGLang prints more after the traceback.
+            raise start_error(
                 f"the {name} exited during start with {describe_returncode(code)}",
+                output=self.ring,
                 returncode=code,
                 command=self.masked_command,
                 log_tail=self.log_tail(),
@@ -305,6 +310,26 @@ async def _poll_health(client: _http.httpx.AsyncClient, url: str) -> None:
             pass
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.2)
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def add_loopback_no_proxy(env: dict[str, str]) -> None:
+    """Append the loopback names to ``NO_PROXY`` and ``no_proxy`` in ``env`` (in place).
+
+    SGLang's warm-up request goes to its own port through ``requests``, which honours
+    ``HTTP_PROXY``: without this, a proxied environment hangs every real server at warm-up
+    (SGLang issues #2468, #9814, #11949). Both spellings are set because tools disagree on
+    which one wins.
+    """
+    entries: list[str] = []
+    for key in ("NO_PROXY", "no_proxy"):
+        for entry in env.get(key, "").split(","):
+            if entry.strip() and entry.strip() not in entries:
+                entries.append(entry.strip())
+    entries += [host for host in LOOPBACK_HOSTS if host not in entries]
+    env["NO_PROXY"] = env["no_proxy"] = ",".join(entries)
 
 
 def mask(text: str, secret: str | None) -> str:

@@ -38,6 +38,8 @@ _MANAGED_FLAGS: dict[str, str] = {
     "--host": "ServerConfig.host",
     "--port": "ServerConfig.port",
     "--api-key": "ServerConfig.api_key (or the model's api_key)",
+    # The library passes the key in a private --config file; a second file would be ignored.
+    "--config": "ServerConfig fields and extra_args (the library writes its own --config file)",
 }
 
 # Typed options: ServerConfig field -> SGLang flag (and aliases that mean the same).
@@ -213,10 +215,17 @@ class ServerConfig(BaseModel):
         port: int,
         api_key: str | None,
         base_gpu_id: int | None = None,
+        config_file: str | None = None,
     ) -> list[str]:
-        """SGLang flags for one server: model, bind address, key, typed options, extra_args."""
+        """SGLang flags for one server: model, bind address, key, typed options, extra_args.
+
+        With ``config_file`` (a file holding :meth:`secret_args`), the key is not rendered:
+        ``--config FILE`` names the file instead, so ``ps`` never shows it.
+        """
         args = [*_flag("--model-path", model_path), "--host", self.host, "--port", str(port)]
-        if api_key is not None:
+        if config_file is not None:
+            args += ["--config", config_file]
+        elif api_key is not None:
             args += _flag("--api-key", api_key)
         values: Mapping[str, object] = {
             field: getattr(self, field) for field in _TYPED_FLAGS
@@ -230,11 +239,18 @@ class ServerConfig(BaseModel):
         args += list(self.extra_args)
         return args
 
-    def command(self, model_path: str, *, port: int, api_key: str | None) -> list[str]:
-        """The full launch argv for a single server."""
+    def command(
+        self, model_path: str, *, port: int, api_key: str | None, config_file: str | None = None
+    ) -> list[str]:
+        """The full launch argv for a single server (see :meth:`server_args`)."""
         return self.resolved_launch_command + self.server_args(
-            model_path, port=port, api_key=api_key
+            model_path, port=port, api_key=api_key, config_file=config_file
         )
+
+    @staticmethod
+    def secret_args(api_key: str) -> dict[str, str]:
+        """The flags that go into the private ``--config`` file instead of argv."""
+        return {"api-key": api_key}
 
 
 class SGLangConfig(BaseModel):

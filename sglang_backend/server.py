@@ -36,6 +36,7 @@ from typing import Any
 
 from . import _http
 from ._process import Phase, ServerProcess, describe_returncode
+from ._secrets import PrivateArgsFile
 from .config import ServerConfig
 from .errors import (
     ModelClosedError,
@@ -348,6 +349,8 @@ class LaunchedServer(Backend):
         self._monitor: asyncio.Task[None] | None = None
         self._launches = 0
         self._watchdog = InactivityWatchdog(config.inactivity_timeout, self._idle_stop)
+        # The key reaches the server through this file, never argv (see _secrets).
+        self._secret_file = PrivateArgsFile(config.secret_args(self.api_key))
         self.base_url = ""
 
     def _pool_url(self) -> str:
@@ -456,6 +459,7 @@ class LaunchedServer(Backend):
             if self.process is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.process.kill())
+            self._secret_file.remove()
             if isinstance(exc, ServerError):
                 self.emit("start_failed", self.pid, error=exc.summary,
                           returncode=exc.returncode)
@@ -467,8 +471,10 @@ class LaunchedServer(Backend):
 
     async def _launch_single(self) -> ServerProcess:
         assert self._reservation is not None
+        secret_path = await self._secret_file.write()
         command = self.config.command(
-            self.model_path, port=self._reservation.port, api_key=self.api_key
+            self.model_path, port=self._reservation.port, api_key=self.api_key,
+            config_file=secret_path,
         )
         process = await ServerProcess.spawn(
             command, env=self.config.env, secret=self.api_key, on_phase=self._phase
@@ -532,6 +538,7 @@ class LaunchedServer(Backend):
 
     async def _after_crash(self, process: Supervised) -> None:
         await process.kill()  # whatever is left of the tree
+        self._secret_file.remove()
         await self._drop_connections()
 
     async def _drop_connections(self) -> None:
@@ -586,6 +593,7 @@ class LaunchedServer(Backend):
                 code = await process.terminate(self.config.shutdown_timeout)
                 await self._drop_connections()
         finally:
+            self._secret_file.remove()
             if self._monitor is not None:
                 self._monitor.cancel()
                 self._monitor = None
@@ -624,6 +632,7 @@ class LaunchedServer(Backend):
             for reservation in [self._reservation, *self._worker_reservations]:
                 if reservation is not None:
                     reservation.close()
+            self._secret_file.remove()
             await self._close_pool()
             self.emit("closed")
 
