@@ -13,15 +13,25 @@ matching builtin too (a start timeout is a :class:`TimeoutError`, bad configurat
     ├── ServerError                              the server process misbehaved
     │   ├── ServerStartError                     exited during start: exit code, command, log tail
     │   │   ├── LaunchCommandNotFoundError (FileNotFoundError)  the launch program does not exist
-    │   │   └── PortInUseError (OSError)         the requested port is taken
+    │   │   ├── PortInUseError (OSError)         the requested port is taken
+    │   │   ├── SGLangNotInstalledError          no sglang in the launching Python (checked first)
+    │   │   ├── ServerOutOfMemoryError           CUDA out of memory / no room for the KV cache
+    │   │   ├── ModelNotFoundError               no such model on the Hub or on disk
+    │   │   ├── ModelAccessError                 gated or private model: 401/403
+    │   │   ├── GPUUnavailableError              no GPU, no driver, or a driver too old
+    │   │   └── UnknownParserError               unknown tool-call or reasoning parser name
     │   ├── ServerStartTimeout (TimeoutError)    not ready within startup_timeout
     │   ├── ServerCrashedError                   died while serving; in-flight calls get this
+    │   │   └── ServerHungError                  stopped answering; its tree was killed
     │   └── ServerUnavailableError               could not be reached (connect mode) in time
     └── RequestError                             the server answered a request with an error
         ├── BadRequestError (ValueError)         400/422: the server rejected the request
         ├── AuthenticationError                  401/403: wrong or missing API key
         ├── RequestTimeoutError (TimeoutError)   no answer within the request timeout
         └── StructuredOutputError                reply did not validate against response_format
+
+Start errors recognised from the server's output (see :mod:`sglang_backend._diagnose`) carry
+``evidence`` (the line that proved it) and ``hint`` (one sentence saying what to do).
 
 The API key never appears in any message: commands are shown with the key masked.
 """
@@ -34,20 +44,27 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "ConfigError",
+    "GPUUnavailableError",
     "InvalidRequestError",
     "LaunchCommandNotFoundError",
+    "ModelAccessError",
     "ModelClosedError",
+    "ModelNotFoundError",
     "PortInUseError",
     "RequestError",
     "RequestTimeoutError",
     "SGLangError",
+    "SGLangNotInstalledError",
     "ServerCrashedError",
     "ServerError",
+    "ServerHungError",
+    "ServerOutOfMemoryError",
     "ServerStartError",
     "ServerStartTimeout",
     "ServerUnavailableError",
     "StructuredOutputError",
     "ToolCallParserMissingError",
+    "UnknownParserError",
 ]
 
 
@@ -112,7 +129,32 @@ class ServerError(SGLangError):
 
 
 class ServerStartError(ServerError):
-    """The server process exited before it became ready (``returncode`` says how)."""
+    """The server process exited before it became ready (``returncode`` says how).
+
+    Attributes:
+        evidence: the server's output line that identified the cause (None when unknown).
+        hint: one sentence saying what to do (each subclass has its own default).
+    """
+
+    default_hint: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        returncode: int | None = None,
+        command: Sequence[str] = (),
+        log_tail: Sequence[str] = (),
+        evidence: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.evidence = evidence
+        self.hint = hint if hint is not None else self.default_hint
+        if evidence:
+            message += f"\nevidence: {evidence}"
+        if self.hint:
+            message += f"\nhint: {self.hint}"
+        super().__init__(message, returncode=returncode, command=command, log_tail=log_tail)
 
 
 class LaunchCommandNotFoundError(ServerStartError, FileNotFoundError):
@@ -122,6 +164,8 @@ class LaunchCommandNotFoundError(ServerStartError, FileNotFoundError):
 class PortInUseError(ServerStartError, OSError):
     """The requested port is already taken by another process."""
 
+    default_hint = "Choose another port, or leave ServerConfig.port=None to pick a free one."
+
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         self.port = port
@@ -129,6 +173,60 @@ class PortInUseError(ServerStartError, OSError):
             f"port {port} on {host} is already in use; choose another port "
             "or leave ServerConfig.port=None to pick a free one"
         )
+
+
+class SGLangNotInstalledError(ServerStartError):
+    """SGLang is not installed in the Python that would launch the server."""
+
+    default_hint = (
+        "Install SGLang into that Python (pip install 'sglang-backend[server]'), "
+        "or set ServerConfig.launch_command to a Python that has it."
+    )
+
+
+class ServerOutOfMemoryError(ServerStartError):
+    """The GPU ran out of memory while loading weights or allocating the KV cache."""
+
+    default_hint = (
+        "Lower mem_fraction_static or context_length, use a smaller or quantized model, "
+        "raise tp_size, or free the GPU from other processes."
+    )
+
+
+class ModelNotFoundError(ServerStartError):
+    """The model is neither a local folder nor a repository on the Hub."""
+
+    default_hint = (
+        "Check the model id or path (spelling, organisation); a private repository also "
+        "needs HF_TOKEN."
+    )
+
+
+class ModelAccessError(ServerStartError):
+    """The model exists but is gated or private and the token may not read it (401/403)."""
+
+    default_hint = (
+        "Accept the model's licence on its Hub page and set HF_TOKEN (ServerConfig.env "
+        "or the environment) to a token with read access."
+    )
+
+
+class GPUUnavailableError(ServerStartError):
+    """No usable GPU: none present, no driver, or a driver too old for this torch."""
+
+    default_hint = (
+        "Run on a machine with an NVIDIA GPU and a driver that matches the CUDA build "
+        "of torch (nvidia-smi shows both), or check CUDA_VISIBLE_DEVICES."
+    )
+
+
+class UnknownParserError(ServerStartError):
+    """The tool-call or reasoning parser name is not one SGLang knows."""
+
+    default_hint = (
+        "Use one of the parser names SGLang lists (python -m sglang.launch_server --help) "
+        "for tool_call_parser / reasoning_parser."
+    )
 
 
 class ServerStartTimeout(ServerError, TimeoutError):
@@ -140,6 +238,18 @@ class ServerCrashedError(ServerError):
 
     In-flight requests fail with this error; the next request relaunches the server.
     """
+
+
+class ServerHungError(ServerCrashedError):
+    """The server stopped answering (even a short health check) and was declared hung.
+
+    Its process tree was killed; the next request relaunches it (launch mode).
+    """
+
+    hint = (
+        "The server stopped answering (a stopped process or a wedged scheduler); "
+        "its log says where it stalled."
+    )
 
 
 class ServerUnavailableError(ServerError):

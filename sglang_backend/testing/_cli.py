@@ -126,6 +126,7 @@ class StandinArgs:
     standin_load_seconds: float = 0.0
     standin_warmup_seconds: float = 0.0
     standin_fail_at_load: str | None = None
+    standin_fail_with: str | None = None
     standin_ignore_sigterm: bool = False
     standin_crash_after: int | None = None
     standin_token_delay: float = 0.0
@@ -210,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--standin-load-seconds", type=float, default=0.0, metavar="S")
     add("--standin-warmup-seconds", type=float, default=0.0, metavar="S")
     add("--standin-fail-at-load", default=None, metavar="MESSAGE")
+    # Print the real wording of a classified start failure (sglang_backend._diagnose.PATTERNS)
+    # where SGLang prints it, and exit the way SGLang then exits.
+    add("--standin-fail-with", default=None, metavar="KIND")
     add(
         "--standin-ignore-sigterm",
         nargs="?",

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from sglang_backend.testing._cli import StandinArgs, parse_args
+from sglang_backend.testing._cli import StandinArgs, build_parser, parse_args
 from sglang_backend.testing._events import LOG_DATEFMT, EventLog, setup_logging
 
 __all__ = ["main"]
@@ -159,6 +159,8 @@ class Launcher:
         if args.standin_ignore_sigterm:
             signal.signal(signal.SIGTERM, self._sigterm_ignored)
         try:
+            if args.standin_fail_with is not None and self._fail_with_before_load():
+                return 1
             logger.info("server_args=%s", args.server_args_dict())
             if args.ignored_args:
                 logger.debug("Stand-in ignores unknown arguments: %s", args.ignored_args)
@@ -186,6 +188,8 @@ class Launcher:
         from sglang_backend.testing import _server  # noqa: F401
 
         time.sleep(load * 0.6)
+        if args.standin_fail_with is not None:
+            self._fail_with_in_scheduler()
         if args.standin_fail_at_load is not None:
             time.sleep(max(load - (time.monotonic() - t0), 0.0))
             sched_logger.error(
@@ -223,6 +227,35 @@ class Launcher:
             self.children.kill()
             return 1
         return None
+
+    def _fail_with_before_load(self) -> bool:
+        """``--standin-fail-with`` texts the launcher itself prints (exit 1); False if none."""
+        entry = _fail_pattern(self.args.standin_fail_with)
+        if entry.where != "main":
+            return False
+        if entry.kind != "not-installed":  # runpy prints one line, the others a traceback
+            print(
+                "Traceback (most recent call last):\n"
+                '  File "sglang/launch_server.py", line 24, in <module>\n'
+                "    server_args = prepare_server_args(sys.argv[1:])",
+                file=sys.stderr,
+            )
+        print(entry.sample, file=sys.stderr, flush=True)
+        self.events.write("fail")
+        return True
+
+    def _fail_with_in_scheduler(self) -> None:
+        """A scheduler's exception: it SIGQUITs the launcher, which kills the tree and itself."""
+        entry = _fail_pattern(self.args.standin_fail_with)
+        sched_logger.error(
+            "Scheduler hit an exception: Traceback (most recent call last):\n"
+            '  File "sglang/srt/managers/scheduler.py", line 2960, in run_scheduler_process\n'
+            "    scheduler = Scheduler(server_args, port_args, gpu_id, tp_rank, dp_rank)\n"
+            "%s",
+            entry.sample,
+        )
+        self.events.write("fail")
+        self.die_with_tree()
 
     def _bind(self) -> socket.socket | None:
         """Create the listening socket (IPPROTO_TCP so asyncio sets TCP_NODELAY)."""
@@ -284,9 +317,23 @@ class Launcher:
         return headers
 
 
+def _fail_pattern(kind: str | None) -> Any:
+    """The ``sglang_backend._diagnose`` table entry for ``--standin-fail-with KIND``."""
+    from sglang_backend._diagnose import pattern  # only when the switch is used
+
+    return pattern(str(kind))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the stand-in with *argv* (default ``sys.argv[1:]``)."""
     args = parse_args(argv)
+    if args.standin_fail_with is not None:
+        try:
+            entry = _fail_pattern(args.standin_fail_with)
+        except KeyError:
+            build_parser().error(f"unknown --standin-fail-with kind {args.standin_fail_with!r}")
+        if entry.where == "argparse":  # SGLang's argparse rejects the flag: usage, exit 2
+            build_parser().error(entry.sample.split(": error: ", 1)[-1])
     setup_logging(args.log_level)
     _setup_scheduler_logger(args.log_level)
     return Launcher(args).run()
