@@ -17,6 +17,7 @@ from .errors import InvalidRequestError
 
 __all__ = [
     "build_response_format",
+    "check_encodable",
     "check_messages",
     "check_tools",
 ]
@@ -26,6 +27,32 @@ _ROLES = frozenset({"system", "user", "assistant", "tool", "function", "develope
 # thinking parts only in assistant messages.
 _PART_TYPES = frozenset({"text", "image_url", "video_url", "audio_url", "input_audio"})
 _ASSISTANT_PART_TYPES = _PART_TYPES | {"thinking", "reasoning"}
+
+
+def check_encodable(value: object, where: str) -> None:
+    """Raise InvalidRequestError if a string in ``value`` (keys too) is not valid UTF-8 text.
+
+    Lone surrogates (``"\\ud800"``, from a bad decode or ``surrogateescape``) cannot be sent as
+    JSON to the server; without this check they surface as a bare UnicodeEncodeError deep in
+    the HTTP stack, after a server launch.
+    """
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidRequestError(
+                    f"{where} contains text that cannot be encoded as UTF-8 "
+                    f"({exc.reason} {value[exc.start:exc.end]!r} at index {exc.start}); "
+                    "fix the decoding that produced it"
+                ) from None
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            check_encodable(key, f"{where} key")
+            check_encodable(item, f"{where}[{key!r}]")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            check_encodable(item, f"{where}[{index}]")
 
 
 def _as_mapping(message: object, index: int) -> Mapping[str, Any]:
@@ -82,6 +109,7 @@ def check_messages(messages: object) -> list[Mapping[str, Any]]:
             )
         if role == "tool" and not isinstance(message.get("tool_call_id"), str):
             raise InvalidRequestError(f"messages[{index}] (tool) needs a string 'tool_call_id'")
+        check_encodable(message, f"messages[{index}]")
     return checked
 
 
@@ -120,6 +148,8 @@ def check_tools(tools: object) -> list[Mapping[str, Any]] | None:
     if isinstance(tools, (str, bytes, Mapping)) or not isinstance(tools, Iterable):
         raise InvalidRequestError(f"tools must be a list, got {type(tools).__name__}")
     checked = [_tool_from(tool, i) for i, tool in enumerate(tools)]
+    for index, tool in enumerate(checked):
+        check_encodable(tool, f"tools[{index}]")
     names = [t["function"]["name"] for t in checked]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -131,6 +161,14 @@ def build_response_format(
     response_format: object,
 ) -> tuple[dict[str, Any] | None, type[BaseModel] | None]:
     """Return (the wire ``response_format``, the pydantic model to parse into or None)."""
+    wire, model = _build_response_format(response_format)
+    check_encodable(wire, "response_format")
+    return wire, model
+
+
+def _build_response_format(
+    response_format: object,
+) -> tuple[dict[str, Any] | None, type[BaseModel] | None]:
     if response_format is None:
         return None, None
     if isinstance(response_format, type) and issubclass(response_format, BaseModel):
