@@ -262,6 +262,8 @@ class AsyncSGLangModel:
                                  closed=lambda: self._closed)
         self._streams: weakref.WeakSet[ChatStream] = weakref.WeakSet()
         self._context_length: int | None = None
+        self._forked_from: int | None = None
+        _MODELS.add(self)
         self._request_model = (
             self._server_config.served_model_name
             if self._server_config is not None and self._server_config.served_model_name
@@ -478,6 +480,8 @@ class AsyncSGLangModel:
         if self._closed:
             return
         self._closed = True
+        if self._forked_from is not None:
+            return  # the server, its tasks and its loop belong to the parent process
         self._path.cancel_all()
         for stream in list(self._streams):
             await stream.aclose()
@@ -492,6 +496,11 @@ class AsyncSGLangModel:
         await self.aclose()
 
     async def _get_backend(self) -> Backend:
+        if self._forked_from is not None:
+            raise ModelClosedError(
+                f"this model belongs to process {self._forked_from}, of which this process is "
+                "a fork; create a new model in the child"
+            )
         if self._closed:
             raise ModelClosedError("the model is closed")
         if self._backend is None:
@@ -671,6 +680,27 @@ class AsyncSGLangModel:
             raise RequestError(f"/tokenize answered without a count: {response.text[:200]}",
                                status_code=response.status_code)
         return count
+
+
+_MODELS: weakref.WeakSet[AsyncSGLangModel] = weakref.WeakSet()
+_pid = os.getpid()
+
+
+def _forget_models_after_fork() -> None:
+    """In a forked child: every inherited model refuses work and never touches the parent's
+    server (its process, loop and connections did not come along)."""
+    global _pid
+    parent, _pid = _pid, os.getpid()
+    for model in list(_MODELS):
+        model._forked_from = parent
+
+
+def _remember_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(before=_remember_pid, after_in_child=_forget_models_after_fork)
 
 
 async def _warm_up_request_path() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import threading
 import warnings
@@ -57,12 +58,26 @@ class _Portal:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread_id: int | None = None
         self._stopped = False
+        self._forked_from: int | None = None
+
+    def forget_after_fork(self, parent: int) -> None:
+        """In a forked child: the loop thread did not come along; never wait for it."""
+        self._lock = threading.Lock()  # may have been held by another thread at fork time
+        self._forked_from = parent
+        self._stopped = True
+        self._portal = self._loop = self._thread = None
+        self._thread_id = None
 
     def get(self) -> BlockingPortal:
         portal = self._portal
         if portal is not None:
             return portal
         with self._lock:
+            if self._forked_from is not None:
+                raise ModelClosedError(
+                    f"this SGLangModel belongs to process {self._forked_from}, of which this "
+                    "process is a fork; create a new model in the child"
+                )
             if self._stopped:
                 raise ModelClosedError("the model is closed")
             if self._portal is None:
@@ -168,6 +183,12 @@ class _Runtime:
         self.model = model
         self.portal = _Portal()
         self.closed = False
+        _RUNTIMES.add(self)
+
+    def forget_after_fork(self, parent: int) -> None:
+        # The child must neither stop the parent's server nor wait on a loop it lacks.
+        self.closed = True
+        self.portal.forget_after_fork(parent)
 
     def close(self) -> None:
         if self.closed:
@@ -195,6 +216,24 @@ class _Runtime:
             return
         self.close()
 
+
+_RUNTIMES: weakref.WeakSet[_Runtime] = weakref.WeakSet()
+_PARENT_PID = os.getpid()
+
+
+def _forget_runtimes_after_fork() -> None:
+    global _PARENT_PID
+    parent, _PARENT_PID = _PARENT_PID, os.getpid()
+    for runtime in list(_RUNTIMES):
+        runtime.forget_after_fork(parent)
+
+
+def _remember_pid() -> None:
+    global _PARENT_PID
+    _PARENT_PID = os.getpid()
+
+
+os.register_at_fork(before=_remember_pid, after_in_child=_forget_runtimes_after_fork)
 
 _END = object()
 
