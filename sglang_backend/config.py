@@ -114,6 +114,13 @@ class ServerConfig(BaseModel):
         le=86400,
         description="Seconds for launch + load + warm-up; real loads take minutes.",
     )
+    download_timeout: float = Field(
+        default=7200.0,
+        gt=0,
+        le=7 * 86400,
+        description="Seconds for downloading a Hub model before launch (real SGLang with"
+        " huggingface_hub installed); apart from startup_timeout.",
+    )
     inactivity_timeout: float | None = Field(
         default=600.0,
         gt=0,
