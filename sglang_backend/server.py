@@ -45,7 +45,7 @@ from .errors import (
     ServerError,
     ServerUnavailableError,
 )
-from .router import RouterGroup
+from .router import RouterGroup, WorkerInfo
 from .watchdog import InactivityWatchdog
 
 Supervised = ServerProcess | RouterGroup
@@ -450,7 +450,7 @@ class LaunchedServer(Backend):
         started = time.monotonic()
         process: Supervised
         try:
-            if self.config.replicas > 1:
+            if self.config.is_group:
                 process = await self._launch_group()
             else:
                 process = await self._launch_single()
@@ -492,7 +492,8 @@ class LaunchedServer(Backend):
         assert self.api_key is not None
         if not self._worker_reservations:
             self._worker_reservations = [
-                PortReservation(self.config.host, None) for _ in range(self.config.replicas)
+                PortReservation(self.config.host, None)
+                for _ in range(self.config.local_replicas)
             ]
         else:
             for reservation in self._worker_reservations:
@@ -557,6 +558,9 @@ class LaunchedServer(Backend):
         if self.state is ServerState.CLOSED:
             raise ModelClosedError("the model was closed during the request") from exc
         if not sent:
+            # The router's Prometheus listener: loopback, a free port (theirs is 0.0.0.0:29000).
+            metrics=PortReservation(self.config.router_metrics_host,
+                                    self.config.router_metrics_port),
             return True  # never reached the dead server: relaunch and retry
         raise ServerCrashedError(
             f"the server (pid {process.pid}) died during the request with "
@@ -635,4 +639,22 @@ class LaunchedServer(Backend):
             self._secret_file.remove()
             await self._close_pool()
             self.emit("closed")
+
+    # -- workers of a router group (delegates to RouterGroup) ---------------------------------
+    def _group(self) -> RouterGroup:
+        if not isinstance(self.process, RouterGroup) or self.state is not ServerState.READY:
+            raise ServerUnavailableError("workers are managed on a running router group")
+        return self.process
+
+    async def add_worker(self, url: str, api_key: str | None = None) -> str:
+        """Route to the worker at *url* too (not launched by the library); its id."""
+        return await self._group().add_worker(url, api_key)
+
+    async def remove_worker(self, worker_id: str) -> None:
+        """Drain the worker out of rotation (a local one is then stopped)."""
+        await self._group().remove_worker(worker_id)
+
+    def workers(self) -> list[WorkerInfo]:
+        """The group's workers: id, URL, local or remote, healthy, in flight."""
+        return self._group().workers()
 

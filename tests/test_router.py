@@ -59,7 +59,7 @@ async def test_two_workers_behind_the_real_router(standin: Standin, events_file:
         text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
         assert text.startswith("You said: streamed.")
         served = Counter(e["pid"] for e in read_events(events_file) if e["event"] == "request")
-        worker_pids = {w.process.pid for w in group.workers if w.process}
+        worker_pids = {w.process.pid for w in group.local_workers if w.process}
         assert set(served) == worker_pids
         assert all(n >= 2 for n in served.values())
         everything = list(group.pids)
@@ -75,7 +75,7 @@ async def test_dead_worker_is_relaunched_and_reregistered(standin: Standin) -> N
         assert model.server is not None
         group = model.server.process
         assert isinstance(group, RouterGroup)
-        victim = group.workers[0]
+        victim = group.local_workers[0]
         assert victim.process is not None
         old_pid = victim.process.pid
         os.killpg(old_pid, signal.SIGKILL)
