@@ -23,17 +23,22 @@ from sglang_backend.testing import STANDIN_VERSION
 from sglang_backend.testing import _tokenizer as tok
 from sglang_backend.testing._cli import StandinArgs
 from sglang_backend.testing._engine import (
+    ConstraintError,
     Generation,
     PlannedCall,
     StreamSplitter,
+    compile_constraint,
     echo_source,
     generate_tokens,
     json_text,
     plan_call,
     reply_text,
+    reply_variants,
+    sample_generation,
+    sampling_for,
     split_reasoning,
     think_text,
-    tool_call_text,
+    tool_calls_text,
 )
 from sglang_backend.testing._events import EventLog
 from sglang_backend.testing._protocol import (
@@ -44,6 +49,7 @@ from sglang_backend.testing._protocol import (
     ToolChoiceNamed,
     validation_message,
 )
+from sglang_backend.testing._sampling import SamplingParams, chat_logprobs, choice_rng, completion_logprobs
 from sglang_backend.testing._schema import SchemaError
 
 try:
@@ -307,10 +313,21 @@ class ChatPlan:
 
     raw: str
     thinking: bool
-    call: PlannedCall | None
+    calls: list[PlannedCall]
     parse_calls: bool
     prompt_tokens: int
     max_new: int | None
+    sampling: SamplingParams
+    grammar: str | None = None  # compiled constraint on the answer (after any thinking)
+    variants: tuple[str, ...] = ()  # other answers the model may sample (free text only)
+    top_logprobs: int = 0
+    logprobs: bool = False
+    think: str = ""  # the thinking section that starts raw (unconstrained)
+
+    @property
+    def sampled(self) -> bool:
+        """Whether decoding goes through the grammar engine (else the fixed reply)."""
+        return self.grammar is not None or not self.sampling.greedy or self.logprobs
 
 
 # --------------------------------------------------------------------------- app
@@ -509,60 +526,92 @@ def build_app(state: ServerState) -> FastAPI:
             if message.role == "user":
                 user_text = tok.content_text(message.content)
                 break
-        call: PlannedCall | None = None
+        sampling = sampling_for(req.temperature, req.top_p, req.top_k, req.min_p, req.seed, req.n)
+        calls: list[PlannedCall] = []
         if req.tools and req.tool_choice != "none":
-            chosen = None
+            chosen: list[str] = []
+            mentioned = _mentioned_tools(req, user_text)
+            if not req.parallel_tool_calls:
+                mentioned = mentioned[:1]
             if isinstance(req.tool_choice, ToolChoiceNamed):
-                chosen = req.tool_choice.function.name
+                chosen = [str(req.tool_choice.function.name)]
             elif req.tool_choice == "required":
-                chosen = _mentioned_tool(req, user_text) or req.tools[0].function.name
+                chosen = mentioned or [req.tools[0].function.name]
             elif last.role == "user":
-                chosen = _mentioned_tool(req, user_text)
-            if chosen is not None:
-                tool = next(t for t in req.tools if t.function.name == chosen)
+                chosen = mentioned or _unprompted_tool(req, sampling)
+            for name in chosen:
+                tool = next(t for t in req.tools if t.function.name == name)
                 try:
-                    call = plan_call(chosen, tool.function.parameters)
+                    calls.append(plan_call(name, tool.function.parameters))
                 except SchemaError as exc:
                     raise _BadRequest(f"Invalid tool parameters schema: {exc}") from exc
+        json_schema: str | None = None
+        if not calls and req.response_format is not None and req.response_format.type == "json_object":
+            json_schema = '{"type": "object"}'
+        elif not calls and req.response_format is not None and req.response_format.type == "json_schema":
+            fmt = req.response_format.json_schema
+            json_schema = json.dumps(fmt.schema_ if fmt and fmt.schema_ is not None else {})
+        try:
+            # a tool call's own format wins over the answer's constraint
+            grammar = None if calls else compile_constraint(req.regex, req.ebnf, json_schema)
+        except ConstraintError as exc:
+            raise _BadRequest(str(exc)) from exc
         kwargs = req.chat_template_kwargs or {}
         thinking = bool(args.reasoning_parser) and req.reasoning_effort != "none"
         if kwargs.get("enable_thinking") is False or kwargs.get("thinking") is False:
             thinking = False
-        if call is not None:
-            body = tool_call_text(call)
+        if calls:
+            body = tool_calls_text(calls)
         elif req.response_format is not None and req.response_format.type == "json_schema":
             schema = req.response_format.json_schema.schema_ if req.response_format.json_schema else None
             try:
                 body = json_text(schema or {})
-            except SchemaError as exc:
-                raise _BadRequest(f"Invalid JSON schema: {exc}") from exc
+            except SchemaError:
+                body = ""  # no example to aim at: the grammar alone shapes the answer
         elif req.response_format is not None and req.response_format.type == "json_object":
             body = json_text(None)
         elif last.role in {"tool", "function"}:
             body = reply_text(user_text, tool_result=tok.content_text(last.content))
         else:
             body = reply_text(user_text)
-        raw = (think_text(user_text) if thinking else "") + body
+        think = think_text(user_text) if thinking else ""
         return ChatPlan(
-            raw=raw,
+            raw=think + body,
             thinking=thinking,
-            call=call,
-            parse_calls=call is not None and bool(args.tool_call_parser),
+            calls=calls,
+            parse_calls=bool(calls) and bool(args.tool_call_parser),
             prompt_tokens=prompt_tokens,
             max_new=limit,
+            sampling=sampling,
+            grammar=grammar,
+            variants=tuple(think + v for v in reply_variants(body)) if not calls else (think + body,),
+            top_logprobs=req.top_logprobs or 0,
+            logprobs=req.logprobs,
+            think=think,
         )
 
-    def decode_chat(req: ChatCompletionRequest, plan: ChatPlan) -> Generation:
-        return generate_tokens(
-            plan.raw,
-            max_new_tokens=plan.max_new,
-            room=args.context_length - plan.prompt_tokens,
-            stop=req.stop_list(),
-            stop_token_ids=req.stop_token_ids or (),
-            ignore_eos=req.ignore_eos,
-            min_new_tokens=req.min_tokens,
-            no_stop_trim=req.no_stop_trim,
-        )
+    def decode_chat(req: ChatCompletionRequest, plan: ChatPlan, index: int = 0) -> Generation:
+        limits: dict[str, Any] = {
+            "max_new_tokens": plan.max_new,
+            "room": args.context_length - plan.prompt_tokens,
+            "stop": req.stop_list(),
+            "stop_token_ids": req.stop_token_ids or (),
+            "ignore_eos": req.ignore_eos,
+            "min_new_tokens": req.min_tokens,
+            "no_stop_trim": req.no_stop_trim,
+            "stop_regex": _stop_regex(req),
+        }
+        if not plan.sampled:
+            return generate_tokens(plan.raw, **limits)
+        if plan.grammar is not None:
+            return sample_generation(
+                [plan.raw[len(plan.think) :]], grammar=plan.grammar, params=plan.sampling, choice=index,
+                top_logprobs=plan.top_logprobs, prefix=plan.think, **limits,
+            )  # fmt: skip
+        return sample_generation(
+            plan.variants or [plan.raw], grammar=None, params=plan.sampling, choice=index,
+            top_logprobs=plan.top_logprobs, **limits,
+        )  # fmt: skip
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -618,26 +667,22 @@ def build_app(state: ServerState) -> FastAPI:
         message: dict[str, Any] = {"role": "assistant", "content": content, "reasoning_content": reasoning}
         finish: str = gen.finish_reason
         matched: int | str | None = gen.matched_stop
-        if (
-            plan.parse_calls
-            and plan.call is not None
-            and gen.finish_reason == "stop"
-            and gen.matched_stop == tok.EOS_ID
-        ):
+        if plan.parse_calls and plan.calls and gen.finish_reason == "stop" and gen.matched_stop == tok.EOS_ID:
             message["content"] = content.split("<tool_call>", 1)[0].strip()
             message["tool_calls"] = [
                 {
-                    "id": plan.call.call_id,
-                    "index": 0,
+                    "id": call.call_id,
+                    "index": position,
                     "type": "function",
-                    "function": {"name": plan.call.name, "arguments": plan.call.arguments},
+                    "function": {"name": call.name, "arguments": call.arguments},
                 }
+                for position, call in enumerate(plan.calls)
             ]
             finish, matched = "tool_calls", None
         return {
             "index": index,
             "message": message,
-            "logprobs": None,
+            "logprobs": chat_logprobs(gen.logprobs, plan.top_logprobs) if plan.logprobs else None,
             "finish_reason": finish,
             "matched_stop": matched,
         }
@@ -665,6 +710,7 @@ def build_app(state: ServerState) -> FastAPI:
                     finish: str | None = None,
                     matched: int | str | None = None,
                     choice: int = index,
+                    logprobs: dict[str, Any] | None = None,
                 ) -> bytes:
                     return _sse(
                         {
@@ -673,7 +719,7 @@ def build_app(state: ServerState) -> FastAPI:
                                 {
                                     "index": choice,
                                     "delta": delta,
-                                    "logprobs": None,
+                                    "logprobs": logprobs,
                                     "finish_reason": finish,
                                     "matched_stop": matched,
                                 }
@@ -685,7 +731,7 @@ def build_app(state: ServerState) -> FastAPI:
                 splitter = StreamSplitter(
                     separate_reasoning=req.separate_reasoning,
                     reasoning=plan.thinking,
-                    call=plan.call if plan.parse_calls else None,
+                    calls=plan.calls if plan.parse_calls else (),
                 )
                 raw = ""
                 sent = 0
@@ -698,28 +744,34 @@ def build_app(state: ServerState) -> FastAPI:
                         break
                     raw += piece
                     final = step == len(gen.pieces) - 1
-                    r_delta, c_delta, started, a_delta = splitter.feed(raw, final=final)
+                    r_delta, c_delta, call_deltas = splitter.feed(raw, final=final)
                     out: list[bytes] = []
                     if r_delta:
                         out.append(chunk({"reasoning_content": r_delta}))
                     if c_delta:
-                        out.append(chunk({"reasoning_content": None, "content": c_delta}))
-                    if started is not None and plan.call is not None:
-                        call_delta = {
-                            "id": plan.call.call_id,
-                            "index": 0,
-                            "type": "function",
-                            "function": {"name": started, "arguments": ""},
-                        }
-                        out.append(chunk({"reasoning_content": None, "tool_calls": [call_delta]}))
-                    if a_delta:
-                        frag = {
-                            "id": None,
-                            "index": 0,
-                            "type": "function",
-                            "function": {"name": None, "arguments": a_delta},
-                        }
-                        out.append(chunk({"reasoning_content": None, "tool_calls": [frag]}))
+                        piece_lp = (
+                            chat_logprobs(gen.logprobs[step : step + 1], plan.top_logprobs)
+                            if plan.logprobs
+                            else None
+                        )
+                        out.append(chunk({"reasoning_content": None, "content": c_delta}, logprobs=piece_lp))
+                    for position, started, a_delta in call_deltas:
+                        if started is not None:
+                            call_delta = {
+                                "id": plan.calls[position].call_id,
+                                "index": position,
+                                "type": "function",
+                                "function": {"name": started, "arguments": ""},
+                            }
+                            out.append(chunk({"reasoning_content": None, "tool_calls": [call_delta]}))
+                        if a_delta:
+                            frag = {
+                                "id": None,
+                                "index": position,
+                                "type": "function",
+                                "function": {"name": None, "arguments": a_delta},
+                            }
+                            out.append(chunk({"reasoning_content": None, "tool_calls": [frag]}))
                     for item in out:
                         yield item
                         sent += 1
@@ -734,12 +786,7 @@ def build_app(state: ServerState) -> FastAPI:
                     continue
                 finish: str = gen.finish_reason
                 matched = gen.matched_stop
-                if (
-                    plan.parse_calls
-                    and plan.call is not None
-                    and splitter.call_started
-                    and gen.matched_stop == tok.EOS_ID
-                ):
+                if plan.parse_calls and splitter.call_started and gen.matched_stop == tok.EOS_ID:
                     finish, matched = "tool_calls", None
                 yield chunk({"reasoning_content": None}, finish, matched)
             state.generation_tokens_total += completion_tokens
@@ -764,6 +811,12 @@ def build_app(state: ServerState) -> FastAPI:
         prompts = _prompt_texts(req.prompt)
         try:
             check_sampling(req.temperature, req.top_p, req.max_tokens)
+            sampling = sampling_for(req.temperature, req.top_p, req.top_k, req.min_p, req.seed, req.n)
+            try:
+                grammar = compile_constraint(req.regex, req.ebnf, req.json_schema)
+            except ConstraintError as exc:
+                raise _BadRequest(str(exc)) from exc
+            sampled = grammar is not None or not sampling.greedy or req.logprobs is not None
             plans: list[tuple[str, int, str]] = []
             for prompt in prompts:
                 prompt_tokens = len(tok.encode(prompt))
@@ -771,8 +824,10 @@ def build_app(state: ServerState) -> FastAPI:
                 if req.json_schema is not None:
                     try:
                         candidate = json_text(json.loads(req.json_schema))
-                    except (ValueError, SchemaError) as exc:
-                        raise _BadRequest(f"Invalid json_schema: {exc}") from exc
+                    except (ValueError, SchemaError):
+                        candidate = ""  # the grammar alone shapes the answer
+                elif grammar is not None:
+                    candidate = reply_text(echo_source(prompt))
                 else:
                     candidate = " " + reply_text(echo_source(prompt))
                 plans.append((prompt, prompt_tokens, candidate))
@@ -784,21 +839,38 @@ def build_app(state: ServerState) -> FastAPI:
         total_prompt = sum(p[1] for p in plans)
         state.prompt_tokens_total += total_prompt
 
-        def decode(prompt_tokens: int, candidate: str) -> Generation:
-            return generate_tokens(
-                candidate,
-                max_new_tokens=req.max_tokens,
-                room=args.context_length - prompt_tokens,
-                stop=req.stop_list(),
-                stop_token_ids=req.stop_token_ids or (),
-                ignore_eos=req.ignore_eos,
-                min_new_tokens=req.min_tokens,
-                no_stop_trim=req.no_stop_trim,
-            )
+        def decode(prompt_tokens: int, candidate: str, choice: int) -> Generation:
+            limits: dict[str, Any] = {
+                "max_new_tokens": req.max_tokens,
+                "room": args.context_length - prompt_tokens,
+                "stop": req.stop_list(),
+                "stop_token_ids": req.stop_token_ids or (),
+                "ignore_eos": req.ignore_eos,
+                "min_new_tokens": req.min_tokens,
+                "no_stop_trim": req.no_stop_trim,
+                "stop_regex": _stop_regex(req),
+            }
+            if not sampled:
+                return generate_tokens(candidate, **limits)
+            targets = [candidate] if grammar is not None else list(reply_variants(candidate))
+            return sample_generation(
+                targets, grammar=grammar, params=sampling, choice=choice,
+                top_logprobs=req.logprobs or 0, **limits,
+            )  # fmt: skip
+
+        def choice_logprobs(
+            prompt: str, gen: Generation, first: int = 0, last: int | None = None
+        ) -> dict[str, Any] | None:
+            if req.logprobs is None:
+                return None
+            start = len(prompt) if req.echo else 0
+            offset = start + sum(len(e.text) for e in gen.logprobs[:first])
+            return completion_logprobs(gen.logprobs[first:last], req.logprobs, offset)
 
         if req.stream:
             return StreamingResponse(
-                stream_completions(req, plans, rid, crash, decode), media_type="text/event-stream"
+                stream_completions(req, plans, rid, crash, decode, choice_logprobs),
+                media_type="text/event-stream",
             )
         state.inflight += 1
         try:
@@ -807,7 +879,7 @@ def build_app(state: ServerState) -> FastAPI:
             index = 0
             for prompt, prompt_tokens, candidate in plans:
                 for _ in range(req.n):
-                    gen = decode(prompt_tokens, candidate)
+                    gen = decode(prompt_tokens, candidate, index)
                     await pace(gen.completion_tokens)
                     completion_tokens += gen.completion_tokens
                     text = (prompt + gen.text) if req.echo else gen.text
@@ -815,7 +887,7 @@ def build_app(state: ServerState) -> FastAPI:
                         {
                             "index": index,
                             "text": text,
-                            "logprobs": None,
+                            "logprobs": choice_logprobs(prompt, gen),
                             "finish_reason": gen.finish_reason,
                             "matched_stop": gen.matched_stop,
                         }
@@ -841,7 +913,8 @@ def build_app(state: ServerState) -> FastAPI:
         plans: Sequence[tuple[str, int, str]],
         rid: str,
         crash: bool,
-        decode: Callable[[int, str], Generation],
+        decode: Callable[[int, str, int], Generation],
+        choice_logprobs: Callable[[str, Generation, int, int | None], dict[str, Any] | None],
     ) -> AsyncIterator[bytes]:
         state.inflight += 1
         try:
@@ -851,7 +924,7 @@ def build_app(state: ServerState) -> FastAPI:
             index = 0
             for prompt, prompt_tokens, candidate in plans:
                 for _ in range(req.n):
-                    gen = decode(prompt_tokens, candidate)
+                    gen = decode(prompt_tokens, candidate, index)
                     completion_tokens += gen.completion_tokens
                     last = len(gen.pieces) - 1
                     for step, piece in enumerate(gen.pieces):
@@ -862,10 +935,13 @@ def build_app(state: ServerState) -> FastAPI:
                         matched = gen.matched_stop if step == last else None
                         if not text and finish is None:
                             continue
+                        piece_lp = (
+                            choice_logprobs(prompt, gen, step, step + 1) if step < len(gen.logprobs) else None
+                        )
                         choice = {
                             "index": index,
                             "text": text,
-                            "logprobs": None,
+                            "logprobs": piece_lp,
                             "finish_reason": finish,
                             "matched_stop": matched,
                         }
@@ -1039,14 +1115,35 @@ def build_app(state: ServerState) -> FastAPI:
     return app
 
 
-def _mentioned_tool(req: ChatCompletionRequest, text: str) -> str | None:
-    """The first tool whose name the user mentioned (``get_weather`` or ``get weather``)."""
+def _mentioned_tools(req: ChatCompletionRequest, text: str) -> list[str]:
+    """The tools the user mentioned (``get_weather`` or ``get weather``), in tools order."""
     lowered = text.lower()
-    for tool in req.tools or []:
-        name = tool.function.name
-        if name.lower() in lowered or name.lower().replace("_", " ") in lowered:
-            return name
-    return None
+    return [
+        tool.function.name
+        for tool in req.tools or []
+        if tool.function.name.lower() in lowered or tool.function.name.lower().replace("_", " ") in lowered
+    ]
+
+
+_UNPROMPTED_CALL_CHANCE = 0.25
+
+
+def _unprompted_tool(req: ChatCompletionRequest, sampling: SamplingParams) -> list[str]:
+    """Under ``auto`` a sampling model sometimes calls a tool nobody named (seeded; never greedy)."""
+    if sampling.greedy or not req.tools:
+        return []
+    rng = choice_rng(sampling.seed, -1)
+    if rng.random() >= _UNPROMPTED_CALL_CHANCE:
+        return []
+    return [req.tools[rng.randrange(len(req.tools))].function.name]
+
+
+def _stop_regex(req: ChatCompletionRequest | CompletionRequest) -> list[str]:
+    """``stop_regex`` as a list."""
+    value = req.stop_regex
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
 
 
 def _prompt_texts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str]:

@@ -9,21 +9,29 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from sglang_backend.testing import _grammar
 from sglang_backend.testing import _tokenizer as tok
+from sglang_backend.testing._sampling import SamplingParams, TokenLogprob, choice_rng
 from sglang_backend.testing._schema import example_for_schema
 
 __all__ = [
+    "ConstraintError",
     "Generation",
     "PlannedCall",
     "StreamSplitter",
+    "compile_constraint",
     "echo_source",
     "generate_tokens",
     "json_text",
     "new_call_id",
     "reply_text",
+    "reply_variants",
+    "sample_generation",
+    "sampling_for",
     "split_reasoning",
     "think_text",
     "tool_call_text",
+    "tool_calls_text",
 ]
 
 FinishReason = Literal["stop", "length", "abort"]
@@ -31,6 +39,44 @@ THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 _REPLY_TAIL = "This is a deterministic reply from the SGLang stand-in."
 _MAX_ECHO_WORDS = 64
+
+
+class ConstraintError(ValueError):
+    """A constraint SGLang rejects with 400 (its wording is the message)."""
+
+
+def compile_constraint(regex: str | None, ebnf: str | None, json_schema: str | None) -> str | None:
+    """Compile the request's one constraint (None when it has none), like SGLang.
+
+    More than one is SamplingParams.verify's error; one that does not compile is the
+    grammar manager's "Failed to compile ... grammar" abort.
+    """
+    given = [(kind, text) for kind, text in (("json_schema", json_schema), ("regex", regex), ("ebnf", ebnf))
+             if text is not None]  # fmt: skip
+    if len(given) > 1:
+        raise ConstraintError("Only one of regex, json_schema, or ebnf can be set.")
+    if not given:
+        return None
+    kind, text = given[0]
+    try:
+        return _grammar.compile_grammar(kind, text)  # type: ignore[arg-type]
+    except _grammar.GrammarError as exc:
+        raise ConstraintError(f"Failed to compile {kind} grammar: {exc}") from exc
+
+
+def sampling_for(
+    temperature: float | None,
+    top_p: float | None,
+    top_k: int | None,
+    min_p: float | None,
+    seed: int | None,
+    n: int,
+) -> SamplingParams:
+    """The request's sampling; unset temperature is greedy unless ``n > 1`` or a seed asks
+    for samples (then SGLang's default, 1.0)."""
+    if temperature is None and (n > 1 or seed is not None):
+        temperature = 1.0
+    return SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
 
 
 def new_call_id() -> str:
@@ -62,6 +108,21 @@ def reply_text(user_text: str, tool_result: str | None = None) -> str:
     return f"You said: {said} {_REPLY_TAIL}"
 
 
+_TAILS = (
+    "This is a sampled reply from the SGLang stand-in.",
+    "The SGLang stand-in wrote this reply.",
+    "Here is another answer from the SGLang stand-in.",
+)
+
+
+def reply_variants(reply: str) -> tuple[str, ...]:
+    """The replies the model may sample: *reply* itself (its mode) and other endings."""
+    if not reply.endswith(_REPLY_TAIL):
+        return (reply,)
+    head = reply[: -len(_REPLY_TAIL)]
+    return (reply, *(head + tail for tail in _TAILS))
+
+
 def think_text(user_text: str) -> str:
     """The thinking section produced when a reasoning parser is configured."""
     count = len(user_text.split())
@@ -89,6 +150,11 @@ def tool_call_text(call: PlannedCall) -> str:
     return f'<tool_call>\n{{"name": {json.dumps(call.name)}, "arguments": {call.arguments}}}\n</tool_call>'
 
 
+def tool_calls_text(calls: Sequence[PlannedCall]) -> str:
+    """Several calls in one message, one ``<tool_call>`` block a line (Qwen/Hermes format)."""
+    return "\n".join(tool_call_text(call) for call in calls)
+
+
 def plan_call(name: str, parameters: Mapping[str, Any] | None) -> PlannedCall:
     """Plan a call of tool *name* with arguments valid for its *parameters* schema."""
     schema: Mapping[str, Any] = parameters or {"type": "object", "properties": {}}
@@ -104,6 +170,7 @@ class Generation:
     text: str
     finish_reason: FinishReason
     matched_stop: int | str | None
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per text piece (no EOS)
 
     @property
     def completion_tokens(self) -> int:
@@ -121,12 +188,14 @@ def generate_tokens(
     ignore_eos: bool = False,
     min_new_tokens: int = 0,
     no_stop_trim: bool = False,
+    stop_regex: Sequence[str] = (),
 ) -> Generation:
     """Decode *candidate* token by token, like a sampler that always picks it.
 
-    Stops at a stop string (text cut before it), a stop token id, EOS (after the
-    candidate, unless *ignore_eos*: then the candidate repeats), *max_new_tokens*
-    ("length") or when the context has no *room* left ("length").
+    Stops at a stop string or a match of a *stop_regex* pattern (text cut before it
+    unless *no_stop_trim*; ``matched_stop`` is the string or pattern), a stop token id,
+    EOS (after the candidate, unless *ignore_eos*: then the candidate repeats),
+    *max_new_tokens* ("length") or when the context has no *room* left ("length").
     """
     limit = room if max_new_tokens is None else min(max_new_tokens, room)
     limit = max(limit, 0)
@@ -135,6 +204,7 @@ def generate_tokens(
     pieces: list[str] = []
     text = ""
     stops = [s for s in stop if s]
+    patterns = [(p, re.compile(p)) for p in stop_regex if p]
     stop_ids = set(stop_token_ids)
     longest = max((len(s) for s in stops), default=0)
     index = 0
@@ -168,6 +238,59 @@ def generate_tokens(
                 text = text[:cut]
                 pieces = _clip_pieces(pieces, len(text))
                 return Generation(ids, pieces, text, "stop", hit[1])
+        if patterns and len(ids) >= min_new_tokens:
+            for source, pattern in patterns:
+                match = pattern.search(text)
+                if match is not None:
+                    text = text[: match.end() if no_stop_trim else match.start()]
+                    pieces = _clip_pieces(pieces, len(text))
+                    return Generation(ids, pieces, text, "stop", source)
+
+
+def sample_generation(
+    targets: Sequence[str],
+    *,
+    grammar: str | None,
+    params: SamplingParams,
+    choice: int,
+    max_new_tokens: int | None,
+    room: int,
+    top_logprobs: int = 0,
+    prefix: str = "",
+    **limits: Any,
+) -> Generation:
+    """Sample one choice: constrained by *grammar*, else one of the *targets* (first = mode).
+
+    The text comes from :func:`_grammar.decode` (RNG from ``(params.seed, choice)``),
+    then :func:`generate_tokens` applies stops and limits to it; ``logprobs`` has one
+    entry per emitted piece.  *prefix* is said before the constrained part (a thinking
+    section: SGLang applies the grammar after the reasoning ends).  *limits* are
+    :func:`generate_tokens`' keyword arguments.
+    """
+    target = targets[0]
+    if grammar is None:
+        grammar, prefix = _grammar.literal_grammar(*targets), ""
+    budget = room if max_new_tokens is None else min(max_new_tokens, room)
+    decoded = _grammar.decode(
+        grammar,
+        target,
+        params,
+        choice_rng(params.seed, choice),
+        max_steps=max(0, min(4 * budget + 8, 8192)),
+        top_logprobs=top_logprobs,
+    )
+    if prefix:
+        decoded.steps = [(offset + len(prefix), entry) for offset, entry in decoded.steps]
+        decoded.text = prefix + decoded.text
+    gen = generate_tokens(decoded.text, max_new_tokens=max_new_tokens, room=room, **limits)
+    base = _grammar.piece_logprobs(decoded, tok.split(decoded.text) or [" ."])
+    emitted = [piece for token, piece in zip(gen.token_ids, gen.pieces, strict=True) if token != tok.EOS_ID]
+    # ignore_eos repeats the text, so the entries repeat with it
+    gen.logprobs = [
+        TokenLogprob(entry.token_id, piece, entry.logprob, entry.top)
+        for entry, piece in ((base[i % len(base)], piece) for i, piece in enumerate(emitted))
+    ]
+    return gen
 
 
 def _clip_pieces(pieces: list[str], length: int) -> list[str]:
@@ -206,18 +329,28 @@ def split_reasoning(text: str, *, final: bool) -> tuple[str, str]:
 
 @dataclass
 class StreamSplitter:
-    """Turns growing raw model text into reasoning/content/tool-argument deltas."""
+    """Turns growing raw model text into reasoning/content/tool-call deltas.
+
+    *calls* are the tool calls the raw text holds (in order, as :func:`tool_call_text`
+    renders them, one per line); each is reported once when its name is complete and
+    then as argument fragments, the way SGLang's streaming tool parsers do.
+    """
 
     separate_reasoning: bool
     reasoning: bool
-    call: PlannedCall | None
+    calls: Sequence[PlannedCall] = ()
     sent_reasoning: str = ""
     sent_content: str = ""
-    sent_args: str = ""
-    call_started: bool = False
+    sent_args: list[str] = field(default_factory=list)
+    started: int = 0  # calls whose name has been sent
 
-    def feed(self, raw: str, *, final: bool) -> tuple[str, str, str | None, str]:
-        """Return ``(reasoning_delta, content_delta, call_name_if_started_now, args_delta)``."""
+    @property
+    def call_started(self) -> bool:
+        """Whether any tool call has begun."""
+        return self.started > 0
+
+    def feed(self, raw: str, *, final: bool) -> tuple[str, str, list[tuple[int, str | None, str]]]:
+        """Return ``(reasoning_delta, content_delta, [(call_index, name_if_new, args_delta)])``."""
         if self.reasoning and self.separate_reasoning:
             reasoning, content = split_reasoning(raw, final=final)
         else:
@@ -226,18 +359,27 @@ class StreamSplitter:
         self.sent_reasoning = (
             reasoning if r_delta or reasoning == self.sent_reasoning else self.sent_reasoning
         )
-        if self.call is None:
+        if not self.calls:
             c_delta = content[len(self.sent_content) :]
             self.sent_content = content
-            return r_delta, c_delta, None, ""
-        prefix = f'<tool_call>\n{{"name": {json.dumps(self.call.name)}, "arguments": '
-        started: str | None = None
-        a_delta = ""
-        if len(content) >= len(prefix) and not self.call_started:
-            self.call_started = True
-            started = self.call.name
-        if self.call_started:
-            args = content[len(prefix) : len(prefix) + len(self.call.arguments)]
-            a_delta = args[len(self.sent_args) :]
-            self.sent_args = args
-        return r_delta, "", started, a_delta
+            return r_delta, c_delta, []
+        while len(self.sent_args) < len(self.calls):
+            self.sent_args.append("")
+        out: list[tuple[int, str | None, str]] = []
+        offset = 0
+        for index, call in enumerate(self.calls):
+            prefix = f'<tool_call>\n{{"name": {json.dumps(call.name)}, "arguments": '
+            start = offset + len(prefix)
+            if len(content) < start:
+                break
+            name: str | None = None
+            if index >= self.started:
+                self.started = index + 1
+                name = call.name
+            args = content[start : start + len(call.arguments)]
+            delta = args[len(self.sent_args[index]) :]
+            self.sent_args[index] = args
+            if name is not None or delta:
+                out.append((index, name, delta))
+            offset += len(tool_call_text(call)) + 1
+        return r_delta, "", out

@@ -156,6 +156,7 @@ class _SamplingFields(_Model):
     min_tokens: int = 0
     regex: str | None = None
     ebnf: str | None = None
+    stop_regex: str | list[str] | None = None
     rid: str | None = None
     user: str | None = None
 
