@@ -33,7 +33,10 @@ __all__ = ["hub_settings", "is_hub_id", "prepare_model"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _TRUE = {"1", "on", "yes", "true"}
 _REPORT_EVERY = 0.5  # seconds between progress events (plus one per finished file)
-_CANCEL_WAIT = 10.0  # seconds to let the worker notice a timeout before giving up on it
+# Seconds to let the worker notice a timeout. It checks at each progress update (one per
+# chunk read, up to 10 MB), so it may run on briefly after that; the partial files are
+# resumed by the next attempt.
+_CANCEL_WAIT = 1.0
 
 Emit = Callable[..., Any]
 
