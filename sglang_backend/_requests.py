@@ -7,6 +7,7 @@ HTTP 400 after a server launch.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -17,8 +18,10 @@ from .errors import InvalidRequestError
 
 __all__ = [
     "build_response_format",
+    "check_constraints",
     "check_encodable",
     "check_messages",
+    "check_regex",
     "check_tools",
 ]
 
@@ -27,6 +30,44 @@ _ROLES = frozenset({"system", "user", "assistant", "tool", "function", "develope
 # thinking parts only in assistant messages.
 _PART_TYPES = frozenset({"text", "image_url", "video_url", "audio_url", "input_audio"})
 _ASSISTANT_PART_TYPES = _PART_TYPES | {"thinking", "reasoning"}
+
+
+def check_regex(pattern: object, where: str) -> None:
+    """Raise InvalidRequestError unless *pattern* (a string or list of them) compiles.
+
+    Python's ``re`` is the judge: SGLang compiles ``stop_regex`` with it, and its
+    grammar backends (xgrammar, llguidance, outlines) accept a subset of its syntax for
+    ``regex``, so a pattern ``re`` rejects would fail on the server too (after I/O).
+    """
+    patterns = pattern if isinstance(pattern, (list, tuple)) else [pattern]
+    for index, item in enumerate(patterns):
+        name = where if len(patterns) == 1 and not isinstance(pattern, (list, tuple)) else f"{where}[{index}]"
+        if not isinstance(item, str):
+            raise InvalidRequestError(f"{name} must be a string, got {type(item).__name__}")
+        try:
+            re.compile(item)
+        except re.error as exc:
+            raise InvalidRequestError(f"{name} is not a valid regular expression: {exc}") from None
+
+
+def check_constraints(
+    response_format: Mapping[str, Any] | None, regex: str | None, ebnf: str | None
+) -> None:
+    """Raise InvalidRequestError if more than one output constraint is set.
+
+    SGLang applies one of ``json_schema`` (a ``json_schema``/``json_object``
+    ``response_format``), ``regex`` and ``ebnf`` and answers 400 "Only one of regex,
+    json_schema, or ebnf can be set." otherwise; this says so before any I/O, e.g. for a
+    per-call ``response_format`` on a model configured with ``regex``.
+    """
+    kind = response_format.get("type") if response_format is not None else None
+    constrained = kind in {"json_schema", "json_object"}
+    named = [name for name, on in (("response_format", constrained), ("regex", regex is not None),
+                                   ("ebnf", ebnf is not None)) if on]  # fmt: skip
+    if len(named) > 1:
+        raise InvalidRequestError(
+            f"only one of {', '.join(named)} may be set: SGLang applies a single output constraint"
+        )
 
 
 def check_encodable(value: object, where: str) -> None:

@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from ._requests import check_regex
 from ._topology import PDTopology, normalize_worker_url
 from .errors import ConfigError
 
@@ -373,6 +374,10 @@ class SGLangConfig(BaseModel):
         ]
         if len(constrained) > 1:
             raise ValueError(f"only one of {', '.join(constrained)} may be set")
+        # a malformed pattern fails here, not as a 400 after a server launch
+        for name in ("regex", "stop_regex"):
+            if getattr(self, name) is not None:
+                check_regex(getattr(self, name), name)
         return self
 
     @classmethod
