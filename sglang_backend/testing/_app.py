@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import os
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from sglang_backend.testing import STANDIN_VERSION
+from sglang_backend.testing import _admin, _embeddings, _generate, _lora
 from sglang_backend.testing import _tokenizer as tok
-from sglang_backend.testing._cli import StandinArgs
+from sglang_backend.testing._auth import AuthMiddleware
 from sglang_backend.testing._engine import (
     ConstraintError,
     Generation,
@@ -40,7 +38,6 @@ from sglang_backend.testing._engine import (
     think_text,
     tool_calls_text,
 )
-from sglang_backend.testing._events import EventLog
 from sglang_backend.testing._protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -49,58 +46,17 @@ from sglang_backend.testing._protocol import (
     ToolChoiceNamed,
     validation_message,
 )
+from sglang_backend.testing._replies import DONE as _DONE
+from sglang_backend.testing._replies import BadRequest as _BadRequest
+from sglang_backend.testing._replies import JSONResponse, dumps, json_body, openai_error
+from sglang_backend.testing._replies import sse as _sse
 from sglang_backend.testing._sampling import SamplingParams, chat_logprobs, choice_rng, completion_logprobs
 from sglang_backend.testing._schema import SchemaError
-
-try:
-    import orjson
-
-    def dumps(obj: Any) -> bytes:
-        """Serialize *obj* to JSON bytes (orjson)."""
-        return orjson.dumps(obj)
-
-except ImportError:  # pragma: no cover - orjson is optional
-
-    def dumps(obj: Any) -> bytes:
-        """Serialize *obj* to JSON bytes (stdlib)."""
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
-
+from sglang_backend.testing._state import WARMUP_HEADER, ServerState
 
 __all__ = ["WARMUP_HEADER", "ServerState", "build_app", "dumps"]
 
 logger = logging.getLogger("sglang.srt.entrypoints.http_server")
-
-Status = Literal["Starting", "Up", "Draining", "UnHealthy"]
-WARMUP_HEADER = "x-standin-warmup"
-_SAMPLING_KEYS = frozenset(
-    {
-        "max_new_tokens", "temperature", "top_p", "top_k", "min_p", "frequency_penalty",
-        "presence_penalty", "repetition_penalty", "min_new_tokens", "stop", "stop_token_ids",
-        "stop_regex", "n", "ignore_eos", "skip_special_tokens", "spaces_between_special_tokens",
-        "no_stop_trim", "json_schema", "regex", "ebnf", "structural_tag", "logit_bias",
-        "sampling_seed", "custom_params", "thinking_budget",
-    }
-)  # fmt: skip
-
-
-class JSONResponse(Response):
-    """A JSON response rendered with orjson when available."""
-
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        """Render *content* as JSON bytes."""
-        return dumps(content)
-
-
-class _BadRequest(Exception):
-    """A request rejected before generation (rendered by the route's error style)."""
-
-    def __init__(self, message: str, err_type: str = "BadRequestError") -> None:
-        super().__init__(message)
-        self.message = message
-        self.err_type = err_type
-
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
 
@@ -113,143 +69,7 @@ class _Reply(Exception):
         self.response = response
 
 
-@dataclass
-class ServerState:
-    """Mutable server state shared by routes and the launcher."""
-
-    args: StandinArgs
-    events: EventLog
-    status: Status = "Starting"
-    inflight: int = 0
-    requests_seen: int = 0
-    crash: Callable[[], None] | None = None
-    die: Callable[[], None] | None = None
-    created: int = field(default_factory=lambda: int(time.time()))
-    startup_time: float = field(default_factory=time.time)
-    aborted: set[str] = field(default_factory=set)
-    abort_epoch: int = 0
-    prompt_tokens_total: int = 0
-    generation_tokens_total: int = 0
-    requests_total: int = 0
-    health_generation: bool = True
-
-    @property
-    def max_total_num_tokens(self) -> int:
-        """Size of the simulated KV cache."""
-        return max(self.args.context_length * 4, 262_144)
-
-    def count_request(self, request: Request) -> bool:
-        """Record a client generation request; return True when it must crash the server."""
-        if request.headers.get(WARMUP_HEADER) == "1":
-            return False
-        self.requests_seen += 1
-        self.requests_total += 1
-        self.events.write("request")
-        limit = self.args.standin_crash_after
-        return limit is not None and self.requests_seen > limit
-
-    async def crash_now(self) -> None:
-        """Trigger the simulated scheduler crash and never return."""
-        logger.error("Stand-in: crashing on request %d (--standin-crash-after)", self.requests_seen)
-        if self.crash is not None:
-            self.crash()
-        await asyncio.sleep(3.0)  # the child's SIGQUIT normally ends us long before this
-        if self.die is not None:
-            self.die()
-        await asyncio.Event().wait()
-
-    def model_info(self) -> dict[str, Any]:
-        """Body of ``/model_info``."""
-        args = self.args
-        return {
-            "model_path": args.model_path,
-            "tokenizer_path": args.tokenizer_path,
-            "is_generation": True,
-            "preferred_sampling_params": None,
-            "weight_version": "default",
-            "served_model_name": args.served_model_name,
-            "load_format": "auto",
-            "reasoning_parser": args.reasoning_parser,
-            "tool_call_parser": args.tool_call_parser,
-            "disaggregation_mode": "null",
-            "has_image_understanding": False,
-            "has_audio_understanding": False,
-            "model_type": "qwen2",
-            "architectures": ["Qwen2ForCausalLM"],
-        }
-
-    def server_info(self) -> dict[str, Any]:
-        """Body of ``/server_info``."""
-        info = self.args.server_args_dict()
-        info.update(
-            {
-                "status": "ready",
-                "max_total_num_tokens": self.max_total_num_tokens,
-                "max_req_input_len": self.args.context_length - 1,
-                "internal_states": [
-                    {
-                        "last_gen_throughput": 0.0,
-                        "memory_usage": {"weight": 0.0, "kvcache": 0.0, "token_capacity": 0},
-                        "avg_spec_accept_length": None,
-                    }
-                ],
-                "version": STANDIN_VERSION,
-                "startup_time": self.startup_time,
-                "launch_command": " ".join(["python3", "-m", "sglang.launch_server", *sys.argv[1:]]),
-                "frontend": "python",
-            }
-        )
-        return info
-
-    def model_card(self) -> dict[str, Any]:
-        """One ``/v1/models`` entry."""
-        name = self.args.served_model_name
-        return {
-            "id": name,
-            "object": "model",
-            "created": self.created,
-            "owned_by": "sglang",
-            "root": name,
-            "parent": None,
-            "max_model_len": self.args.context_length,
-        }
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def openai_error(message: str, err_type: str = "BadRequestError", code: int = 400) -> JSONResponse:
-    """SGLang's top-level OpenAI error body."""
-    body = {"object": "error", "message": message, "type": err_type, "param": None, "code": code}
-    return JSONResponse(body, status_code=code)
-
-
-async def json_body(request: Request) -> Any:
-    """Return the parsed JSON body; Content-Type must be ``application/json``."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.split(";")[0].strip().lower() != "application/json":
-        raise _BadRequest(
-            "1 validation error:\n  {'type': 'value_error', 'loc': ('header', 'content-type'), "
-            "'msg': \"Unsupported Media Type: Only 'application/json' is allowed\"}",
-            "Bad Request",
-        )
-    raw = await request.body()
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise _BadRequest(
-            "1 validation error:\n  {'type': 'json_invalid', "
-            f"'loc': ('body', {getattr(exc, 'pos', 0)}), 'msg': 'JSON decode error'}}",
-            "Bad Request",
-        ) from exc
-
-
-def _sse(obj: Any) -> bytes:
-    """One SSE event."""
-    return b"data: " + dumps(obj) + b"\n\n"
-
-
-_DONE = b"data: [DONE]\n\n"
 
 
 def check_sampling(temperature: float | None, top_p: float | None, max_new: int | None) -> None:
@@ -379,7 +199,9 @@ def build_app(state: ServerState) -> FastAPI:
     @app.get("/ready")
     @app.get("/ping")
     async def ready() -> Response:
-        return Response(status_code=200 if state.status == "Up" else 503)
+        # 503 also while generation is paused (0.5.23)
+        up = state.status == "Up" and state.unpaused.is_set()
+        return Response(status_code=200 if up else 503)
 
     @app.get("/")
     async def root() -> JSONResponse:
@@ -387,7 +209,8 @@ def build_app(state: ServerState) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:
-        return JSONResponse({"object": "list", "data": [state.model_card()]})
+        cards = [state.model_card(), *state.loras.cards(args.served_model_name, state.created)]
+        return JSONResponse({"object": "list", "data": cards})
 
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str) -> JSONResponse:
@@ -418,32 +241,6 @@ def build_app(state: ServerState) -> FastAPI:
     @app.get("/get_server_info")
     async def server_info() -> JSONResponse:
         return JSONResponse(state.server_info())
-
-    @app.api_route("/flush_cache", methods=["GET", "POST"])
-    async def flush_cache() -> PlainTextResponse:
-        if state.inflight > 0:
-            return PlainTextResponse(
-                "Cache not flushed: there are running or waiting requests.\n", status_code=400
-            )
-        return PlainTextResponse(
-            "Cache flushed.\nPlease check backend logs for more details. "
-            "(When there are running or waiting requests, the operation will not be performed.)\n"
-        )
-
-    @app.post("/abort_request")
-    async def abort_request(request: Request) -> Response:
-        try:
-            body = await request.json()
-        except ValueError:
-            body = {}
-        if not isinstance(body, dict):
-            body = {}
-        if body.get("abort_all"):
-            state.abort_epoch += 1
-        rid = body.get("rid")
-        if isinstance(rid, str) and rid:
-            state.aborted.add(rid)
-        return Response(status_code=200)
 
     if args.enable_metrics:
 
@@ -628,14 +425,16 @@ def build_app(state: ServerState) -> FastAPI:
         state.prompt_tokens_total += plan.prompt_tokens
         rid = req.rid or uuid.uuid4().hex
         if req.stream:
-            return StreamingResponse(stream_chat(req, plan, rid, crash), media_type="text/event-stream")
-        state.inflight += 1
+            return StreamingResponse(
+                state.watch(rid, stream_chat(req, plan, rid, crash)), media_type="text/event-stream"
+            )
+        state.enter(rid, "chat", request)
         try:
             choices = []
             completion_tokens = 0
             reasoning_tokens = 0
             for index in range(req.n):
-                gen = decode_chat(req, plan)
+                gen = decode_chat(req, plan, index)
                 await pace(gen.completion_tokens)
                 completion_tokens += gen.completion_tokens
                 reasoning_tokens += reasoning_token_count(gen, plan.thinking)
@@ -654,7 +453,7 @@ def build_app(state: ServerState) -> FastAPI:
             }
             return JSONResponse(body)
         finally:
-            state.inflight -= 1
+            state.leave(rid)
 
     def chat_choice(
         req: ChatCompletionRequest, plan: ChatPlan, gen: Generation, index: int
@@ -690,8 +489,7 @@ def build_app(state: ServerState) -> FastAPI:
     async def stream_chat(
         req: ChatCompletionRequest, plan: ChatPlan, rid: str, crash: bool
     ) -> AsyncIterator[bytes]:
-        state.inflight += 1
-        epoch = state.abort_epoch
+        state.enter(rid, "chat")
         try:
             created = int(time.time())
             head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": req.model}
@@ -701,7 +499,7 @@ def build_app(state: ServerState) -> FastAPI:
                 req.stream_options and req.stream_options.include_usage
             )
             for index in range(req.n):
-                gen = decode_chat(req, plan)
+                gen = decode_chat(req, plan, index)
                 completion_tokens += gen.completion_tokens
                 reasoning_tokens += reasoning_token_count(gen, plan.thinking)
 
@@ -739,7 +537,7 @@ def build_app(state: ServerState) -> FastAPI:
                 for step, piece in enumerate(gen.pieces):
                     if delay > 0:
                         await asyncio.sleep(delay)
-                    if rid in state.aborted or state.abort_epoch != epoch:
+                    if state.registry.aborted(rid):
                         aborted = True
                         break
                     raw += piece
@@ -797,8 +595,7 @@ def build_app(state: ServerState) -> FastAPI:
                 yield _sse({**head, "choices": [], "usage": usage})
             yield _DONE
         finally:
-            state.inflight -= 1
-            state.aborted.discard(rid)
+            state.leave(rid)
 
     # ---------------------------------------------------------------- completions
 
@@ -869,10 +666,10 @@ def build_app(state: ServerState) -> FastAPI:
 
         if req.stream:
             return StreamingResponse(
-                stream_completions(req, plans, rid, crash, decode, choice_logprobs),
+                state.watch(rid, stream_completions(req, plans, rid, crash, decode, choice_logprobs)),
                 media_type="text/event-stream",
             )
-        state.inflight += 1
+        state.enter(rid, "completion", request)
         try:
             choices = []
             completion_tokens = 0
@@ -906,7 +703,7 @@ def build_app(state: ServerState) -> FastAPI:
                 }
             )
         finally:
-            state.inflight -= 1
+            state.leave(rid)
 
     async def stream_completions(
         req: CompletionRequest,
@@ -916,7 +713,7 @@ def build_app(state: ServerState) -> FastAPI:
         decode: Callable[[int, str, int], Generation],
         choice_logprobs: Callable[[str, Generation, int, int | None], dict[str, Any] | None],
     ) -> AsyncIterator[bytes]:
-        state.inflight += 1
+        state.enter(rid, "completion")
         try:
             head = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": req.model}
             completion_tokens = 0
@@ -933,6 +730,8 @@ def build_app(state: ServerState) -> FastAPI:
                         text = (prompt + piece) if req.echo and step == 0 else piece
                         finish = gen.finish_reason if step == last else None
                         matched = gen.matched_stop if step == last else None
+                        if state.registry.aborted(rid):
+                            text, finish, matched = "", "abort", None
                         if not text and finish is None:
                             continue
                         piece_lp = (
@@ -946,6 +745,8 @@ def build_app(state: ServerState) -> FastAPI:
                             "matched_stop": matched,
                         }
                         yield _sse({**head, "choices": [choice], "usage": None})
+                        if finish == "abort":
+                            break
                         sent += 1
                         if crash and sent >= 2:
                             await asyncio.sleep(0.05)
@@ -963,148 +764,16 @@ def build_app(state: ServerState) -> FastAPI:
                 yield _sse({**head, "choices": [], "usage": usage})
             yield _DONE
         finally:
-            state.inflight -= 1
+            state.leave(rid)
 
-    # ---------------------------------------------------------------- native /generate
+    # ---------------------------------------------------------------- by concern
 
-    @app.api_route("/generate", methods=["POST", "PUT"])
-    async def generate(request: Request) -> Response:
-        crash = state.count_request(request)
-        try:
-            body = await request.json()
-        except ValueError:
-            if crash:
-                await state.crash_now()
-            return JSONResponse({"error": {"message": "Invalid JSON body"}}, status_code=400)
-        if not isinstance(body, dict):
-            body = {}
-        stream = bool(body.get("stream"))
-        if crash and not stream:
-            await state.crash_now()
-        try:
-            items, batched = _native_inputs(body)
-            params = body.get("sampling_params") or {}
-            if not isinstance(params, dict):
-                raise _BadRequest("sampling_params must be an object")
-            unknown = sorted(set(params) - _SAMPLING_KEYS)
-            if unknown:
-                if crash:
-                    await state.crash_now()
-                expected = ", ".join(f"`{k}`" for k in sorted(_SAMPLING_KEYS))
-                return JSONResponse(
-                    {"error": f"unknown field `{unknown[0]}`, expected one of {expected}"},
-                    status_code=400,
-                )
-            max_new = params.get("max_new_tokens", 128)
-            check_sampling(params.get("temperature"), params.get("top_p"), max_new)
-            plans = []
-            for prompt, prompt_tokens in items:
-                check_context(prompt_tokens, max_new, args.context_length)
-                schema = params.get("json_schema")
-                if schema is not None:
-                    try:
-                        candidate = json_text(json.loads(schema) if isinstance(schema, str) else schema)
-                    except (ValueError, SchemaError) as exc:
-                        raise _BadRequest(f"Invalid json_schema: {exc}") from exc
-                else:
-                    candidate = " " + reply_text(echo_source(prompt))
-                plans.append((prompt_tokens, candidate))
-        except _BadRequest as exc:
-            if crash:
-                await state.crash_now()
-            return JSONResponse({"error": {"message": exc.message}}, status_code=400)
-        stop = params.get("stop") or []
-        stops = [stop] if isinstance(stop, str) else list(stop)
-        rid_value = body.get("rid")
-        started = time.perf_counter()
+    _generate.register(app, state)
+    _embeddings.register(app, state)
+    _admin.register(app, state)
+    _lora.register(app, state.loras)
 
-        def decode(prompt_tokens: int, candidate: str) -> Generation:
-            return generate_tokens(
-                candidate,
-                max_new_tokens=max_new,
-                room=args.context_length - prompt_tokens,
-                stop=stops,
-                stop_token_ids=params.get("stop_token_ids") or (),
-                ignore_eos=bool(params.get("ignore_eos")),
-                min_new_tokens=int(params.get("min_new_tokens") or 0),
-                no_stop_trim=bool(params.get("no_stop_trim")),
-            )
-
-        def meta(rid: str, gen: Generation, prompt_tokens: int, done: bool) -> dict[str, Any]:
-            finish: dict[str, Any] | None = None
-            if done:
-                if gen.finish_reason == "length":
-                    finish = {"type": "length", "length": gen.completion_tokens}
-                elif gen.finish_reason == "abort":
-                    finish = {"type": "abort", "message": "Abort request"}
-                else:
-                    finish = {"type": "stop", "matched": gen.matched_stop}
-            return {
-                "id": rid,
-                "finish_reason": finish,
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": gen.completion_tokens,
-                "cached_tokens": 0,
-                "reasoning_tokens": 0,
-                "weight_version": "default",
-                "e2e_latency": time.perf_counter() - started,
-            }
-
-        if stream:
-            single = plans[0]
-            rid = rid_value if isinstance(rid_value, str) else uuid.uuid4().hex
-
-            async def events() -> AsyncIterator[bytes]:
-                state.inflight += 1
-                try:
-                    gen = decode(*single)
-                    text = ""
-                    for step, piece in enumerate(gen.pieces):
-                        if delay > 0:
-                            await asyncio.sleep(delay)
-                        text += piece
-                        done = step == len(gen.pieces) - 1
-                        partial = Generation(
-                            gen.token_ids[: step + 1], [], text, gen.finish_reason, gen.matched_stop
-                        )
-                        obj = {
-                            "text": text,
-                            "output_ids": partial.token_ids,
-                            "meta_info": meta(rid, partial, single[0], done),
-                        }
-                        yield _sse(obj)
-                        if crash and step >= 1:
-                            await asyncio.sleep(0.05)
-                            await state.crash_now()
-                    if crash:
-                        await state.crash_now()
-                    state.generation_tokens_total += gen.completion_tokens
-                    yield _DONE
-                finally:
-                    state.inflight -= 1
-
-            return StreamingResponse(events(), media_type="text/event-stream")
-
-        state.inflight += 1
-        try:
-            outputs = []
-            for number, (prompt_tokens, candidate) in enumerate(plans):
-                gen = decode(prompt_tokens, candidate)
-                await pace(gen.completion_tokens)
-                state.generation_tokens_total += gen.completion_tokens
-                rid = rid_value if isinstance(rid_value, str) and number == 0 else uuid.uuid4().hex
-                outputs.append(
-                    {
-                        "text": gen.text,
-                        "output_ids": gen.token_ids,
-                        "meta_info": meta(rid, gen, prompt_tokens, True),
-                    }
-                )
-            return JSONResponse(outputs if batched else outputs[0])
-        finally:
-            state.inflight -= 1
-
-    app.add_middleware(_AuthMiddleware, api_key=args.api_key)
+    app.add_middleware(AuthMiddleware, api_key=args.api_key, admin_api_key=args.admin_api_key)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=["*"],
@@ -1156,80 +825,6 @@ def _prompt_texts(prompt: str | list[str] | list[int] | list[list[int]]) -> list
     if items and isinstance(items[0], int):
         return [tok.decode(items)]
     return [tok.decode(ids) for ids in items]
-
-
-def _native_inputs(body: Mapping[str, Any]) -> tuple[list[tuple[str, int]], bool]:
-    """Return ``[(prompt_text, prompt_tokens)]`` and whether the input was a batch."""
-    text = body.get("text")
-    input_ids = body.get("input_ids")
-    if (text is None) == (input_ids is None):
-        raise _BadRequest("Either text or input_ids should be provided.")
-    if text is not None:
-        if isinstance(text, str):
-            return [(text, len(tok.encode(text)))], False
-        if isinstance(text, list) and text and all(isinstance(t, str) for t in text):
-            return [(t, len(tok.encode(t))) for t in text], True
-        raise _BadRequest("text must be a string or a non-empty list of strings")
-    if isinstance(input_ids, list) and input_ids and all(isinstance(i, int) for i in input_ids):
-        return [(tok.decode(input_ids), len(input_ids))], False
-    if (
-        isinstance(input_ids, list)
-        and input_ids
-        and all(isinstance(i, list) and i and all(isinstance(x, int) for x in i) for i in input_ids)
-    ):
-        return [(tok.decode(ids), len(ids)) for ids in input_ids], True
-    raise _BadRequest("input_ids must be a non-empty list of ints or of lists of ints")
-
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-_UNAUTHORIZED = b'{"error":"Unauthorized"}'
-
-
-class _AuthMiddleware:
-    """SGLang's ``--api-key`` check as a plain ASGI middleware (cheap per request)."""
-
-    def __init__(self, app: ASGIApp, api_key: str | None) -> None:
-        self.app = app
-        self.expected = f"bearer {api_key}".encode() if api_key else None
-        self.key = api_key.encode() if api_key else b""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.expected is None or scope["type"] != "http" or self._exempt(scope):
-            await self.app(scope, receive, send)
-            return
-        header = b""
-        for name, value in scope.get("headers", ()):
-            if name == b"authorization":
-                header = value
-                break
-        scheme, _, token = header.partition(b" ")
-        if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key):
-            await self.app(scope, receive, send)
-            return
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(_UNAUTHORIZED)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": _UNAUTHORIZED})
-
-    @staticmethod
-    def _exempt(scope: Scope) -> bool:
-        """OPTIONS and health/metrics/ready paths need no key."""
-        if scope.get("method") == "OPTIONS":
-            return True
-        path: str = scope.get("path", "")
-        return path.startswith(("/health", "/metrics", "/ready"))
 
 
 def env_health_generation() -> bool:

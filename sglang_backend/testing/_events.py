@@ -8,7 +8,7 @@ import os
 import sys
 import threading
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 __all__ = ["LOG_DATEFMT", "LOG_FORMAT", "EventLog", "setup_logging"]
 
@@ -17,7 +17,12 @@ LOG_DATEFMT = "%Y-%m-%d %H:%M:%S"
 
 
 class EventLog:
-    """Appends ``{"event", "t", "pid"}`` JSON lines to a file, flushed one by one."""
+    """Appends ``{"event", "t", "pid", ...fields}`` JSON lines to a file, flushed one by one.
+
+    Lines: ``listening``, ``ready``, ``request`` (``rid``, ``kind``), ``abort`` (``rid``,
+    ``reason``), ``load_lora``/``unload_lora`` (``name``), ``update_weights``,
+    ``flush_cache``, ``release_memory``/``resume_memory`` (``tags``), ``fail``, ``exit``.
+    """
 
     def __init__(self, path: str | None) -> None:
         self._lock = threading.Lock()
@@ -25,11 +30,11 @@ class EventLog:
         if path:
             self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept for the process life
 
-    def write(self, event: str) -> None:
-        """Append one event line and flush it to the OS."""
+    def write(self, event: str, **fields: Any) -> None:
+        """Append one event line (extra JSON-able *fields* after the standard ones) and flush it."""
         if self._file is None:
             return
-        line = json.dumps({"event": event, "t": time.time(), "pid": os.getpid()}) + "\n"
+        line = json.dumps({"event": event, "t": time.time(), "pid": os.getpid(), **fields}) + "\n"
         with self._lock:
             self._file.write(line)
             self._file.flush()

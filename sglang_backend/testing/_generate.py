@@ -1,0 +1,317 @@
+"""SGLang's native ``/generate`` (POST/PUT) as 0.5.23 serves it.
+
+* ``text`` (str or list) or ``input_ids`` (list or list of lists); none of them: 400
+  "Either text, input_ids or input_embeds should be provided."; both: ``input_ids`` is
+  used (0.5.23 only refuses text, input_ids *and* input_embeds together).
+* A list input, or ``sampling_params.n`` > 1, answers a JSON list (inputs times n).
+* ``sampling_params`` (an object, or one per input) is checked against the API contract:
+  the first unknown key is a 400 ``{"error": "unknown field `k`, expected one of …"}``.
+* Other request errors: 400 ``{"error": {"message"}}``; when streaming, a 200 stream
+  with ``data: {"error": {message, type, code, retryable}}`` then ``[DONE]``.
+* Every output is registered by rid; ``/abort_request`` (or a client that went away)
+  stops it with ``finish_reason`` ``{"type": "abort", "message": "Aborted", …}``.
+* ``lora_path`` names a loaded adapter (400 otherwise, see ``_lora.py``).
+* With ``--reasoning-parser`` the text starts with a ``<think>`` section and
+  ``meta_info.reasoning_tokens`` counts its tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response, StreamingResponse
+
+from sglang_backend.testing import _tokenizer as tok
+from sglang_backend.testing._engine import (
+    Generation,
+    echo_source,
+    generate_tokens,
+    json_text,
+    reply_text,
+    think_text,
+)
+from sglang_backend.testing._lora import LoraError
+from sglang_backend.testing._replies import DONE, BadRequest, JSONResponse, native_error, sse
+from sglang_backend.testing._requests_registry import ABORT_FINISH, new_rid
+from sglang_backend.testing._schema import SchemaError
+from sglang_backend.testing._state import ServerState
+
+__all__ = ["SAMPLING_PARAMS_FIELDS", "register"]
+
+#: ``sglang.api.v1.SamplingParams`` fields, in the contract's order (its 400 lists them so).
+SAMPLING_PARAMS_FIELDS = (
+    "max_new_tokens", "stop", "stop_token_ids", "stop_regex", "temperature", "top_p", "top_k",
+    "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty", "min_new_tokens", "n",
+    "json_schema", "regex", "ebnf", "structural_tag", "ignore_eos", "skip_special_tokens",
+    "spaces_between_special_tokens", "no_stop_trim", "stream_interval", "logit_bias",
+    "sampling_seed", "custom_params", "beam_width", "watermark", "choice",
+)  # fmt: skip
+_FIELDS = frozenset(SAMPLING_PARAMS_FIELDS)
+
+
+class _ContractError(Exception):
+    """A body the API contract refuses: 400 with a *string* ``error``."""
+
+
+@dataclass
+class _Item:
+    """One output to produce: its prompt, sampling params and rid."""
+
+    rid: str
+    prompt: str
+    prompt_tokens: int
+    params: Mapping[str, Any]
+    candidate: str = ""
+    thinking: bool = False
+
+
+def _unknown_key(params: Any) -> None:
+    if not isinstance(params, dict):
+        raise _ContractError("invalid type: expected struct SamplingParams")
+    for key in params:
+        if key not in _FIELDS:
+            listed = ", ".join(f"`{f}`" for f in SAMPLING_PARAMS_FIELDS)
+            raise _ContractError(f"unknown field `{key}`, expected one of {listed}")
+
+
+def _inputs(body: Mapping[str, Any]) -> tuple[list[tuple[str, int]], bool]:
+    """``[(prompt_text, prompt_tokens)]`` and whether the input was a batch."""
+    text = body.get("text")
+    input_ids = body.get("input_ids")
+    if text is None and input_ids is None:
+        raise BadRequest("Either text, input_ids or input_embeds should be provided.")
+    if input_ids is not None:
+        if isinstance(input_ids, list) and input_ids and all(isinstance(i, int) for i in input_ids):
+            return [(tok.decode(input_ids), len(input_ids))], False
+        if (
+            isinstance(input_ids, list)
+            and input_ids
+            and all(isinstance(i, list) and all(isinstance(x, int) for x in i) for i in input_ids)
+        ):
+            return [(tok.decode(ids), len(ids)) for ids in input_ids], True
+        raise BadRequest("input_ids must be a non-empty list of ints or of lists of ints")
+    if isinstance(text, str):
+        return [(text, len(tok.encode(text)))], False
+    if isinstance(text, list) and text and all(isinstance(t, str) for t in text):
+        return [(t, len(tok.encode(t))) for t in text], True
+    raise BadRequest("text must be a string or a non-empty list of strings")
+
+
+def _rids(body: Mapping[str, Any], count: int) -> list[str]:
+    """One rid per output: the given rid (or list of rids), ``{rid}_{i}`` for n > 1."""
+    given = body.get("rid")
+    if isinstance(given, list) and len(given) == count and all(isinstance(r, str) for r in given):
+        return list(given)
+    if isinstance(given, str) and given:
+        return [given] if count == 1 else [f"{given}_{i}" for i in range(count)]
+    return [new_rid() for _ in range(count)]
+
+
+def _check(params: Mapping[str, Any], prompt_tokens: int, context_len: int) -> None:
+    """SamplingParams.verify and the TokenizerManager length checks (SGLang's wording)."""
+    temperature = params.get("temperature")
+    top_p = params.get("top_p")
+    max_new = params.get("max_new_tokens", 128)
+    if temperature is not None and temperature < 0:
+        raise BadRequest(f"temperature must be non-negative, got {temperature}.")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise BadRequest(f"top_p must be in (0, 1], got {top_p}.")
+    if max_new is not None and max_new < 0:
+        raise BadRequest(f"max_new_tokens must be at least 0, got {max_new}.")
+    if prompt_tokens >= context_len:
+        raise BadRequest(
+            f"The input ({prompt_tokens} tokens) is longer than the model's context length "
+            f"({context_len} tokens)."
+        )
+    if max_new is not None and max_new + prompt_tokens >= context_len:
+        raise BadRequest(
+            "Requested token count exceeds the model's maximum context length "
+            f"of {context_len} tokens. You requested a total of {max_new + prompt_tokens} "
+            f"tokens: {prompt_tokens} tokens from the input messages and "
+            f"{max_new} tokens for the completion. Please reduce the number of tokens in the "
+            "input messages or the completion to fit within the limit."
+        )
+
+
+def _stream_error(message: str, code: int = 400) -> bytes:
+    error = {"message": message, "type": "invalid_request_error", "code": code, "retryable": False}
+    return sse({"error": error}) + DONE
+
+
+def register(app: FastAPI, state: ServerState) -> None:
+    """Add ``/generate`` to *app*."""
+    args = state.args
+    delay = max(args.standin_token_delay, 0.0)
+
+    def plan(body: Mapping[str, Any]) -> tuple[list[_Item], bool]:
+        raw_params = body.get("sampling_params") or {}
+        params_list = raw_params if isinstance(raw_params, list) else None
+        for params in params_list or [raw_params]:
+            _unknown_key(params)
+        inputs, batched = _inputs(body)
+        if params_list is not None and len(params_list) != len(inputs):
+            raise BadRequest("The length of sampling_params should match the batch size.")
+        per_input = params_list or [raw_params] * len(inputs)
+        n = int(per_input[0].get("n") or 1)
+        lora = body.get("lora_path")
+        for name in lora if isinstance(lora, list) else [lora]:
+            if name is not None:
+                state.loras.require(name)
+        expanded = [(p, t, prm) for (p, t), prm in zip(inputs, per_input, strict=True) for _ in range(n)]
+        rids = _rids(body, len(expanded))
+        items = []
+        for rid, (prompt, prompt_tokens, params) in zip(rids, expanded, strict=True):
+            _check(params, prompt_tokens, args.context_length)
+            schema = params.get("json_schema")
+            thinking = args.reasoning_parser is not None and schema is None
+            if schema is not None:
+                try:
+                    candidate = json_text(json.loads(schema) if isinstance(schema, str) else schema)
+                except (ValueError, SchemaError) as exc:
+                    raise BadRequest(f"Invalid json_schema: {exc}") from exc
+            else:
+                source = echo_source(prompt)
+                candidate = (think_text(source) if thinking else "") + " " + reply_text(source)
+            items.append(_Item(rid, prompt, prompt_tokens, params, candidate, thinking))
+        return items, batched or len(items) > 1
+
+    def decode(item: _Item) -> Generation:
+        params = item.params
+        stop = params.get("stop") or []
+        return generate_tokens(
+            item.candidate,
+            max_new_tokens=params.get("max_new_tokens", 128),
+            room=args.context_length - item.prompt_tokens,
+            stop=[stop] if isinstance(stop, str) else list(stop),
+            stop_token_ids=params.get("stop_token_ids") or (),
+            ignore_eos=bool(params.get("ignore_eos")),
+            min_new_tokens=int(params.get("min_new_tokens") or 0),
+            no_stop_trim=bool(params.get("no_stop_trim")),
+        )
+
+    def reasoning_tokens(item: _Item, pieces: Sequence[str]) -> int:
+        if not item.thinking:
+            return 0
+        text = ""
+        for count, piece in enumerate(pieces, start=1):
+            text += piece
+            if "</think>" in text:
+                return count
+        return len(pieces)
+
+    def output(
+        item: _Item, gen: Generation, steps: int, finish: dict[str, Any] | None, started: float
+    ) -> dict[str, Any]:
+        ids = gen.token_ids[:steps]
+        pieces = gen.pieces[:steps]
+        return {
+            "text": "".join(pieces) if steps < len(gen.token_ids) or finish is None else gen.text,
+            "output_ids": ids,
+            "meta_info": {
+                "id": item.rid,
+                "finish_reason": finish,
+                "prompt_tokens": item.prompt_tokens,
+                "weight_version": state.weight_version,
+                "num_retractions": 0,
+                "reasoning_tokens": reasoning_tokens(item, pieces),
+                "completion_tokens": len(ids),
+                "cached_tokens": 0,
+                "e2e_latency": time.perf_counter() - started,
+            },
+        }
+
+    def finish_of(gen: Generation) -> dict[str, Any]:
+        if gen.finish_reason == "length":
+            return {"type": "length", "length": gen.completion_tokens}
+        return {"type": "stop", "matched": gen.matched_stop}
+
+    async def run_one(item: _Item, request: Request, started: float) -> dict[str, Any]:
+        """Generate one output, token time by token time, stopping on abort or disconnect."""
+        gen = decode(item)
+        steps = len(gen.token_ids)
+        for step in range(len(gen.token_ids)):
+            if state.registry.aborted(item.rid) or await state.registry.wait(item.rid, delay):
+                steps = step
+                break
+            if delay > 0 and await request.is_disconnected():
+                state.registry.abort(item.rid, reason="disconnect")
+                steps = step
+                break
+        if steps < len(gen.token_ids) or state.registry.aborted(item.rid):
+            return output(item, gen, steps, dict(ABORT_FINISH), started)
+        state.generation_tokens_total += gen.completion_tokens
+        return output(item, gen, steps, finish_of(gen), started)
+
+    async def stream(item: _Item, crash: bool, started: float) -> AsyncIterator[bytes]:
+        state.enter(item.rid, "generate")
+        try:
+            gen = decode(item)
+            for step in range(len(gen.token_ids)):
+                if await state.registry.wait(item.rid, delay):
+                    yield sse(output(item, gen, step, dict(ABORT_FINISH), started))
+                    break
+                done = step == len(gen.token_ids) - 1
+                yield sse(output(item, gen, step + 1, finish_of(gen) if done else None, started))
+                if crash and step >= 1:
+                    await asyncio.sleep(0.05)
+                    await state.crash_now()
+            else:
+                state.generation_tokens_total += gen.completion_tokens
+            if crash:
+                await state.crash_now()
+            yield DONE
+        finally:
+            state.leave(item.rid)
+
+    async def errors(message: str) -> AsyncIterator[bytes]:
+        yield _stream_error(message)
+
+    @app.api_route("/generate", methods=["POST", "PUT"])
+    async def generate(request: Request) -> Response:
+        crash = state.count_request(request)
+        try:
+            body = await request.json()
+        except ValueError:
+            if crash:
+                await state.crash_now()
+            return native_error("Invalid JSON body")
+        if not isinstance(body, dict):
+            body = {}
+        is_stream = bool(body.get("stream"))
+        if crash and not is_stream:
+            await state.crash_now()
+        started = time.perf_counter()
+        try:
+            items, as_list = plan(body)
+        except _ContractError as exc:
+            if crash:
+                await state.crash_now()
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        except (BadRequest, LoraError) as exc:
+            if crash:
+                await state.crash_now()
+            message = exc.message if isinstance(exc, BadRequest) else str(exc)
+            if is_stream:
+                return StreamingResponse(errors(message), media_type="text/event-stream")
+            return native_error(message)
+        state.prompt_tokens_total += sum(i.prompt_tokens for i in items)
+        if is_stream:
+            # One streamed output (the first); SGLang interleaves batch streams by index.
+            first = items[0]
+            return StreamingResponse(
+                state.watch(first.rid, stream(first, crash, started)), media_type="text/event-stream"
+            )
+        for item in items:
+            state.enter(item.rid, "generate", request)
+        try:
+            outputs = await asyncio.gather(*(run_one(item, request, started) for item in items))
+        finally:
+            for item in items:
+                state.leave(item.rid)
+        return JSONResponse(list(outputs) if as_list else outputs[0])

@@ -1,0 +1,118 @@
+"""Running requests by ``rid`` and their abort, as SGLang's TokenizerManager/scheduler do it.
+
+SGLang's scheduler aborts every queued or running request whose rid *starts with* the
+given rid (n>1 and batch items get derived rids), ignores an empty rid without
+``abort_all``, and answers ``/abort_request`` 200 whether anything matched or not. A
+request whose client disconnected is aborted the same way. An aborted request stops
+generating and finishes with ``{"type": "abort", "message": "Aborted", ...}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sglang_backend.testing._events import EventLog
+
+__all__ = ["ABORT_FINISH", "RequestRegistry", "RunningRequest", "new_rid"]
+
+#: ``FINISH_ABORT().to_json()`` for a request aborted while running (0.5.23).
+ABORT_FINISH: dict[str, Any] = {
+    "type": "abort",
+    "message": "Aborted",
+    "status_code": None,
+    "err_type": None,
+}
+
+
+def new_rid() -> str:
+    """A fresh request id as SGLang makes them (32 hex digits)."""
+    return uuid.uuid4().hex
+
+
+@dataclass
+class RunningRequest:
+    """One registered request."""
+
+    rid: str
+    kind: str
+    abort_event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def aborted(self) -> bool:
+        """Whether the request was aborted."""
+        return self.abort_event.is_set()
+
+
+class RequestRegistry:
+    """Requests being served, by rid; ``abort`` ends them wherever they are."""
+
+    def __init__(self, events: EventLog, on_request: Callable[[], bool] | None = None) -> None:
+        self._events = events
+        self._running: dict[str, RunningRequest] = {}
+        # Whether a new registration writes its ``request`` line (False once crashing).
+        self._on_request = on_request
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    def start(self, rid: str, kind: str, *, log: bool = True) -> RunningRequest:
+        """Register *rid* (``chat``, ``completion``, ``generate``, ``embedding``)."""
+        running = RunningRequest(rid, kind)
+        self._running[rid] = running
+        if log and (self._on_request is None or self._on_request()):
+            self._events.write("request", rid=rid, kind=kind)
+        return running
+
+    def finish(self, rid: str) -> None:
+        """Forget *rid* (it finished, normally or not)."""
+        self._running.pop(rid, None)
+
+    @contextlib.contextmanager
+    def running(self, rid: str, kind: str, *, log: bool = True) -> Any:
+        """``start`` … ``finish`` around a block."""
+        handle = self.start(rid, kind, log=log)
+        try:
+            yield handle
+        finally:
+            self.finish(rid)
+
+    def aborted(self, rid: str) -> bool:
+        """Whether the request *rid* was aborted (False when unknown or finished)."""
+        running = self._running.get(rid)
+        return running is not None and running.aborted
+
+    def abort(
+        self, rid: str | None = None, *, abort_all: bool = False, reason: str = "abort_request"
+    ) -> list[str]:
+        """Abort *rid* (prefix match, as SGLang's scheduler) or everything; return the rids hit."""
+        if not abort_all and not rid:
+            return []
+        hit = [
+            r
+            for r, running in self._running.items()
+            if not running.aborted and (abort_all or (rid is not None and r.startswith(rid)))
+        ]
+        for r in hit:
+            self._running[r].abort_event.set()
+            self._events.write("abort", rid=r, reason=reason)
+        if not hit:
+            self._events.write("abort", rid=rid, reason=reason, running=False, abort_all=abort_all)
+        return hit
+
+    async def wait(self, rid: str, seconds: float) -> bool:
+        """Sleep *seconds* unless *rid* is aborted first; return whether it was aborted."""
+        running = self._running.get(rid)
+        if running is None:
+            if seconds > 0:
+                await asyncio.sleep(seconds)
+            return False
+        if running.aborted:
+            return True
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(running.abort_event.wait(), timeout=max(seconds, 0.0))
+        return running.aborted
