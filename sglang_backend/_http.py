@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 import openai
 
-__all__ = ["ServerPool", "httpx", "new_async_client", "new_sync_transport", "stack_name"]
+__all__ = [
+    "ServerPool",
+    "httpx",
+    "loopback_mounts",
+    "new_async_client",
+    "new_sync_client",
+    "new_sync_transport",
+    "stack_name",
+]
 
 
 def _sdk_stack() -> ModuleType:
@@ -34,12 +42,32 @@ stack_name: str = httpx.__name__
 """``"httpx"`` or ``"httpx2"``."""
 
 
+def loopback_mounts() -> dict[str, None]:
+    """``mounts=`` that send loopback URLs to the client's own transport, never a proxy.
+
+    An httpx client built with the default ``trust_env=True`` mounts a proxy transport for
+    ``HTTP_PROXY``/``ALL_PROXY``, and those mounts win over ``transport=``: without these
+    entries a proxied environment routes every request to a local server through the proxy.
+    Remote URLs keep the environment's proxy.
+    """
+    return dict.fromkeys(("all://127.0.0.1", "all://localhost", "all://[::1]"))
+
+
 def new_async_client(**kwargs: Any) -> httpx.AsyncClient:
     """An AsyncClient of the SDK's stack with the SDK's defaults (limits, redirects).
 
     Keep-alive on loopback makes every request after the first skip the TCP handshake.
+    Loopback URLs never go through a proxy (:func:`loopback_mounts`).
     """
+    kwargs["mounts"] = {**loopback_mounts(), **kwargs.get("mounts", {})}
     client: httpx.AsyncClient = openai.DefaultAsyncHttpxClient(**kwargs)
+    return client
+
+
+def new_sync_client(**kwargs: Any) -> httpx.Client:
+    """The blocking counterpart of :func:`new_async_client` (loopback never proxied)."""
+    kwargs["mounts"] = {**loopback_mounts(), **kwargs.get("mounts", {})}
+    client: httpx.Client = openai.DefaultHttpxClient(**kwargs)
     return client
 
 
