@@ -127,6 +127,7 @@ class RouterGroup:
         emit: Callable[..., None],
         on_phase: Callable[[Phase], None] | None = None,
         metrics: _Reservation | None = None,
+        config_file: str | None = None,
     ) -> None:
         self._model_path = model_path
         self._config = config
@@ -137,6 +138,7 @@ class RouterGroup:
         self._emit = emit
         self._on_phase = on_phase
         self._metrics = metrics
+        self._config_file = config_file  # the workers' private --config file (key not in argv)
         self.kind: RouterKind = resolve_router(config.router)
         tp = config.tp_size or 1
         base = config.base_gpu_id or 0
@@ -205,7 +207,8 @@ class RouterGroup:
 
     async def _launch_worker(self, member: _Member, deadline: float) -> None:
         command = self._config.resolved_launch_command + self._config.server_args(
-            self._model_path, port=member.port, api_key=self._api_key, base_gpu_id=member.gpu
+            self._model_path, port=member.port, api_key=self._api_key, base_gpu_id=member.gpu,
+            config_file=self._config_file,
         )
         member.process = await ServerProcess.spawn(
             command, env=self._config.env, secret=self._api_key,

@@ -498,12 +498,17 @@ class LaunchedServer(Backend):
         else:
             for reservation in self._worker_reservations:
                 reservation.check_free()
+        secret_path = await self._secret_file.write()
         group = RouterGroup(
             self.model_path, self.config, api_key=self.api_key, client=self.pool.client,
             router_port=self._reservation.port, router_url=self.base_url,
             worker_ports=[r.port for r in self._worker_reservations],
             worker_urls=[_url(self.config.host, r.port) for r in self._worker_reservations],
             emit=self.emit, on_phase=self._phase,
+            # The router's Prometheus listener: loopback, a free port (theirs is 0.0.0.0:29000).
+            metrics=PortReservation(self.config.router_metrics_host,
+                                    self.config.router_metrics_port),
+            config_file=secret_path,
         )
         self.process = group
         await group.launch(self.config.startup_timeout)
@@ -558,9 +563,6 @@ class LaunchedServer(Backend):
         if self.state is ServerState.CLOSED:
             raise ModelClosedError("the model was closed during the request") from exc
         if not sent:
-            # The router's Prometheus listener: loopback, a free port (theirs is 0.0.0.0:29000).
-            metrics=PortReservation(self.config.router_metrics_host,
-                                    self.config.router_metrics_port),
             return True  # never reached the dead server: relaunch and retry
         raise ServerCrashedError(
             f"the server (pid {process.pid}) died during the request with "
