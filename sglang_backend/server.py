@@ -81,8 +81,12 @@ class ServerEvent:
     * ``idle_stopped`` / ``stopped`` — stopped by the watchdog / on request, emitted once the
       state is STOPPED (``detail``: ``returncode``, ``duration``);
     * ``crashed`` — the server died while serving (``detail["returncode"]``);
-    * ``worker_crashed``, ``worker_relaunched``, ``worker_relaunch_failed`` — one worker of a
-      ``replicas > 1`` group (``detail``: ``worker``, ``url``); the group keeps serving;
+    * ``worker_crashed``, ``worker_relaunched``, ``worker_relaunch_failed`` — one local worker
+      of a router group (``detail``: ``worker``, ``url``); the group keeps serving;
+    * ``worker_unhealthy``, ``worker_healthy`` — a worker elsewhere (``worker_urls``,
+      ``add_worker``) left or rejoined the router's rotation (``detail``: ``url``, ``local``);
+    * ``worker_removed`` — ``remove_worker`` drained a worker out of the group (``detail``:
+      ``url``, ``local``; a local one was then stopped);
     * ``closed`` — the model was closed.
     """
 
