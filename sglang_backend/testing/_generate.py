@@ -301,6 +301,7 @@ def register(app: FastAPI, state: ServerState) -> None:
                 return StreamingResponse(errors(message), media_type="text/event-stream")
             return native_error(message)
         state.prompt_tokens_total += sum(i.prompt_tokens for i in items)
+        await state.unpaused.wait()  # /pause_generation holds new requests (TokenizerManager.is_pause_cond)
         if is_stream:
             # One streamed output (the first); SGLang interleaves batch streams by index.
             first = items[0]

@@ -210,11 +210,16 @@ class _Runtime:
                     break
                 await asyncio.sleep(1.0)
             self._access("GET /model_info", status)
-            body = json.dumps(WARMUP_BODY).encode()
-            status, reply = await _http(host, self.port, "POST", "/generate", headers, body)
-            self._access("POST /generate", status)
+            # Embedding models warm up through /encode with one token (SGLang's _execute_server_warmup).
+            path = "/encode" if args.is_embedding else "/generate"
+            warm = dict(WARMUP_BODY)
+            if args.is_embedding:
+                warm["sampling_params"] = {"temperature": 0, "max_new_tokens": 1}
+            body = json.dumps(warm).encode()
+            status, reply = await _http(host, self.port, "POST", path, headers, body)
+            self._access(f"POST {path}", status)
             if status != 200:
-                raise RuntimeError(f"warmup /generate returned {status}: {reply[:200]!r}")
+                raise RuntimeError(f"warmup {path} returned {status}: {reply[:200]!r}")
         except (OSError, RuntimeError) as exc:
             logger.error("Initialization failed. warmup error: %s", exc)
             self.launcher.die_with_tree()
