@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _http
+from ._diagnose import check_before_launch
 from ._process import Phase, ServerProcess, describe_returncode
 from ._secrets import PrivateArgsFile
 from .config import ServerConfig
@@ -475,13 +476,16 @@ class LaunchedServer(Backend):
 
     async def _launch_single(self) -> ServerProcess:
         assert self._reservation is not None
+        # SGLang missing, unknown parsers, the model download: before anything is spawned.
+        extra_env = await check_before_launch(self.model_path, self.config, emit=self.emit)
+        env = {**self.config.env, **extra_env}
         secret_path = await self._secret_file.write()
         command = self.config.command(
             self.model_path, port=self._reservation.port, api_key=self.api_key,
             config_file=secret_path,
         )
         process = await ServerProcess.spawn(
-            command, env=self.config.env, secret=self.api_key, on_phase=self._phase
+            command, env=env, secret=self.api_key, on_phase=self._phase
         )
         self.process = process
         await process.wait_ready(
