@@ -93,6 +93,10 @@ NON_STREAM: list[tuple[str, dict[str, Any]]] = [
     ("json-schema", chat("Describe", response_format={"type": "json_schema",
                          "json_schema": {"name": "person", "schema": SCHEMA}})),
     ("json-object", chat("Describe", response_format={"type": "json_object"})),
+    ("logprobs", chat(logprobs=True, top_logprobs=2)),
+    ("seeded-choices", chat(n=3, temperature=1.0, seed=5, logprobs=True)),
+    ("regex", chat(regex=r"\d{3}-\d{4}")),
+    ("ebnf", chat(ebnf='root ::= "yes" | "no"')),
 ]  # fmt: skip
 
 
@@ -127,6 +131,20 @@ def test_chat_completion(plain: Any, body: dict[str, Any]) -> None:
     if body.get("max_tokens") == 2:
         assert choice.finish_reason == "length"
         assert choice.matched_stop is None
+    if body.get("logprobs"):
+        assert choice.logprobs is not None
+        assert "".join(entry.token for entry in choice.logprobs.content) == choice.message.content
+    else:
+        assert choice.logprobs is None
+
+
+def test_parallel_tool_calls(plain: Any) -> None:
+    time_tool = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+    body = chat("use get_weather and get_time", tools=[WEATHER_TOOL, time_tool])
+    parsed = judge(protocol.ChatCompletionResponse, plain.post("/v1/chat/completions", json=body).json())
+    calls = parsed.choices[0].message.tool_calls
+    assert [call.function.name for call in calls] == ["get_weather", "get_time"]
+    assert [call.index for call in calls] == [0, 1]
 
 
 def test_chat_completion_with_reasoning(reasoning: Any) -> None:
@@ -159,6 +177,7 @@ STREAMS: list[tuple[str, dict[str, Any]]] = [
                    stream_options={"include_usage": True})),
     ("json-schema", chat(stream=True, response_format={"type": "json_schema",
                          "json_schema": {"name": "person", "schema": SCHEMA}})),
+    ("logprobs", chat(stream=True, logprobs=True, top_logprobs=1)),
 ]  # fmt: skip
 
 
@@ -216,7 +235,9 @@ def test_chat_stream_with_reasoning(reasoning: Any) -> None:
 def test_completion(plain: Any) -> None:
     for body in ({"model": "m", "prompt": "Once upon a time"},
                  {"model": "m", "prompt": ["a", "b"], "max_tokens": 4, "echo": True},
-                 {"model": "m", "prompt": [1, 2, 3], "n": 2}):  # fmt: skip
+                 {"model": "m", "prompt": [1, 2, 3], "n": 2},
+                 {"model": "m", "prompt": "Once", "logprobs": 2, "max_tokens": 4, "seed": 1},
+                 {"model": "m", "prompt": "Once", "regex": "[0-9]{4}"}):  # fmt: skip
         raw = plain.post("/v1/completions", json=body).json()
         parsed = judge(protocol.CompletionResponse, raw)
         assert parsed.object == "text_completion"
