@@ -47,10 +47,12 @@ from .errors import (
     RequestTimeoutError,
     ServerCrashedError,
     ServerError,
+    ServerHungError,
     ServerStartError,
     ServerStartTimeout,
     ServerUnavailableError,
     SGLangError,
+    SGLangNotInstalledError,
     StructuredOutputError,
 )
 from .model import AsyncSGLangModel, ChatStream
@@ -112,16 +114,26 @@ def _hint(exc: BaseException) -> str:
         )
     if isinstance(exc, PortInUseError):
         return "Choose another --port, or leave it out to pick a free one."
+    if isinstance(exc, SGLangNotInstalledError):
+        return (
+            "SGLang is not installed in this Python: install it with "
+            "pip install 'sglang-backend[server]' (needs a GPU), pass --url to use a running "
+            "server, or try `sglang-backend demo` (no GPU needed)."
+        )
     if isinstance(exc, ServerStartTimeout):
         return (
             "Loading may just be slow (large models take many minutes): raise "
             "--startup-timeout, and check the log lines above for a stall."
         )
+    if isinstance(exc, ServerStartError) and exc.hint:  # classified: its own hint
+        return exc.hint
     if isinstance(exc, ServerStartError):
         return (
             "The log lines above say why the server exited: check --model-path (a local "
             "directory or a Hugging Face id), GPU memory (--mem-fraction-static) and the flags."
         )
+    if isinstance(exc, ServerHungError):
+        return exc.hint
     if isinstance(exc, ServerCrashedError):
         return "The log lines above say why; the next request would relaunch the server."
     if isinstance(exc, ServerUnavailableError):
@@ -148,9 +160,13 @@ def format_error(exc: BaseException, *, what: str = "") -> str:
         expects_output = isinstance(exc, (ServerStartError, ServerCrashedError)) and not (
             isinstance(exc, (LaunchCommandNotFoundError, PortInUseError))
         )
+        if isinstance(exc, ServerStartError) and not exc.command:
+            expects_output = False  # found before launch: there is no server output
         if exc.log_tail or expects_output:
             lines.append("  last server output:")
             lines.extend(_tail(exc.log_tail))
+        if isinstance(exc, ServerStartError) and exc.evidence:
+            lines.append("  evidence: " + exc.evidence)
     elif isinstance(exc, SGLangError):
         lines = [head + " ".join(str(exc).split("\n")[0].split())]
     else:

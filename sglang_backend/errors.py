@@ -150,11 +150,13 @@ class ServerStartError(ServerError):
     ) -> None:
         self.evidence = evidence
         self.hint = hint if hint is not None else self.default_hint
+        text = message
         if evidence:
-            message += f"\nevidence: {evidence}"
+            text += f"\nevidence: {evidence}"
         if self.hint:
-            message += f"\nhint: {self.hint}"
-        super().__init__(message, returncode=returncode, command=command, log_tail=log_tail)
+            text += f"\nhint: {self.hint}"
+        super().__init__(text, returncode=returncode, command=command, log_tail=log_tail)
+        self.summary = message  # the one line, without evidence and hint
 
 
 class LaunchCommandNotFoundError(ServerStartError, FileNotFoundError):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import shlex
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +25,7 @@ from sglang_backend import (
     UnknownParserError,
 )
 from sglang_backend._diagnose import PATTERNS, check_before_launch, classify, start_error
+from sglang_backend.testing import standin_command
 
 NAMES = ["SGLangNotInstalledError", "ServerOutOfMemoryError", "ModelNotFoundError",
          "ModelAccessError", "GPUUnavailableError", "UnknownParserError", "PortInUseError"]
@@ -155,3 +158,53 @@ async def test_unknown_parsers_are_found_before_launch_against_sglangs_lists() -
         await check_before_launch("org/model", ServerConfig(reasoning_parser="r1"))
     ok = ServerConfig(tool_call_parser="qwen25", reasoning_parser="qwen3")
     assert await check_before_launch("org/model", ok, download=False) == {}
+
+
+# ---------------------------------------------------------------------------- the CLI
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sglang_backend.cli", *args], check=False, capture_output=True,
+        text=True, timeout=90, stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sglang") is not None, reason="SGLang is installed")
+def test_cli_without_sglang_says_to_install_it_not_to_check_gpu_memory() -> None:
+    result = _cli("chat", "--model-path", "Qwen/Qwen2.5-0.5B-Instruct", "Hi")
+    assert result.returncode == 1
+    text = result.stderr
+    assert "SGLang is not installed" in text
+    assert "sglang-backend[server]" in text
+    assert "evidence: " in text
+    assert "GPU memory" not in text
+    assert "check --model-path" not in text
+    assert "last server output" not in text  # nothing was launched
+
+
+def test_cli_prints_the_classified_hint_and_evidence() -> None:
+    launch = shlex.join(standin_command())
+    result = _cli("chat", "--model-path", "m", "--launch-command", launch,
+                  "--server-arg=--standin-fail-with=oom", "Hi")
+    assert result.returncode == 1
+    assert ServerOutOfMemoryError.default_hint is not None
+    assert f"Try: {ServerOutOfMemoryError.default_hint}" in result.stderr
+    assert "  evidence: torch.OutOfMemoryError: CUDA out of memory." in result.stderr
+
+
+async def test_a_model_without_sglang_fails_before_any_launch() -> None:
+    if importlib.util.find_spec("sglang") is not None:
+        pytest.skip("SGLang is installed")
+    from sglang_backend import AsyncSGLangModel
+
+    events: list[object] = []
+    model = AsyncSGLangModel("Qwen/Qwen2.5-0.5B-Instruct", on_event=events.append)
+    try:
+        with pytest.raises(SGLangNotInstalledError):
+            await model.start()
+    finally:
+        await model.aclose()
+    kinds = [getattr(event, "kind", None) for event in events]
+    assert "start_failed" in kinds
+    assert "phase" not in kinds  # no process ever ran
