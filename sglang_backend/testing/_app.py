@@ -51,7 +51,7 @@ from sglang_backend.testing._replies import BadRequest as _BadRequest
 from sglang_backend.testing._replies import JSONResponse, dumps, json_body, openai_error
 from sglang_backend.testing._replies import sse as _sse
 from sglang_backend.testing._sampling import SamplingParams, chat_logprobs, choice_rng, completion_logprobs
-from sglang_backend.testing._schema import SchemaError
+from sglang_backend.testing._schema import SchemaError, tool_schema_problem
 from sglang_backend.testing._state import WARMUP_HEADER, ServerState
 
 __all__ = ["WARMUP_HEADER", "ServerState", "build_app", "dumps"]
@@ -298,6 +298,10 @@ def build_app(state: ServerState) -> FastAPI:
 
     def plan_chat(req: ChatCompletionRequest) -> ChatPlan:
         problem = req.check()
+        if problem is None and req.tools:
+            problem = tool_schema_problem(
+                [t.function.parameters for t in req.tools], forced=req.tool_choice == "required"
+            )
         if problem is not None:
             raise _BadRequest(problem)
         messages = [m.model_dump(exclude_none=True) for m in req.messages]
@@ -306,9 +310,10 @@ def build_app(state: ServerState) -> FastAPI:
         prompt_tokens = len(tok.encode(prompt))
         limit = req.completion_limit()
         check_sampling(req.temperature, req.top_p, limit)
-        if req.max_completion_tokens is not None and req.max_completion_tokens > args.context_length:
+        if limit is not None and limit > args.context_length:
+            # serving_chat's wording names max_completion_tokens for max_tokens too
             raise _BadRequest(
-                f"max_completion_tokens is too large: {req.max_completion_tokens}."
+                f"max_completion_tokens is too large: {limit}."
                 f"This model supports at most {args.context_length} completion tokens."
             )
         check_context(prompt_tokens, limit, args.context_length)

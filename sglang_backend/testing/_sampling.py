@@ -157,6 +157,7 @@ def native_logprobs(
     entries: Sequence[TokenLogprob], top_logprobs: int = 0, *, with_text: bool = False
 ) -> dict[str, Any]:
     """``meta_info`` logprob fields of ``/generate`` (``[logprob, token_id, text|None]`` triples)."""
+
     def triple(token_id: int, text: str, logprob: float) -> list[Any]:
         return [logprob, token_id, text if with_text else None]
 

@@ -1,4 +1,10 @@
-"""Generate a deterministic JSON value that validates against a JSON Schema.
+"""JSON Schemas in the stand-in: SGLang's tool-schema checks, and example values.
+
+:func:`tool_schema_problem` says what SGLang's serving layer says about tool
+``parameters`` (checked against the 2020-12 metaschema with ``jsonschema``, as SGLang
+does) and about tools whose ``$defs`` clash when ``tool_choice`` forces a call.
+:func:`example_for_schema` generates a deterministic value for a schema: the answer the
+stand-in "wants" to give; the grammar engine (``_grammar``) makes the output valid.
 
 Covers what structured-output and tool schemas use in practice: objects (properties,
 required, additionalProperties), arrays (items, prefixItems, minItems/maxItems),
@@ -10,10 +16,12 @@ exclusive bounds, multipleOf), booleans, null, ``$ref`` into ``$defs``/``definit
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["SchemaError", "example_for_schema"]
+import jsonschema
+
+__all__ = ["SchemaError", "example_for_schema", "tool_schema_problem"]
 
 _MAX_DEPTH = 24
 _SHALLOW = 6
@@ -41,6 +49,30 @@ _FORMATS: dict[str, str] = {
 
 class SchemaError(ValueError):
     """The schema cannot be instantiated (bad ``$ref``, contradictory bounds…)."""
+
+
+def tool_schema_problem(parameters: Sequence[Mapping[str, Any] | None], *, forced: bool) -> str | None:
+    """SGLang's 400 text for the tools' *parameters* (in tools order), or None if fine.
+
+    Each schema must be a valid JSON Schema (2020-12).  When *forced* (``tool_choice``
+    ``required`` or a named tool) SGLang builds one schema over all tools and merges their
+    ``$defs``; the same name with different schemas is refused.
+    """
+    for index, schema in enumerate(parameters):
+        if schema is None:
+            continue
+        try:
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            return f"Tool {index} function has invalid 'parameters' schema: {exc}"
+    if forced:
+        merged: dict[str, Any] = {}
+        for schema in parameters:
+            for name, definition in ((schema or {}).get("$defs") or {}).items():
+                if name in merged and merged[name] != definition:
+                    return f"Tool definition '{name}' has multiple schemas, which is not supported."
+                merged[name] = definition
+    return None
 
 
 def example_for_schema(schema: Mapping[str, Any], *, hint: str = "stand-in") -> Any:

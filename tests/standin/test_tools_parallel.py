@@ -106,3 +106,41 @@ def test_auto_sometimes_calls_an_unnamed_tool_but_not_after_a_result(http: httpx
         message = chat(http, after, temperature=1.0, seed=seed)["choices"][0]["message"]
         assert not message.get("tool_calls")
         assert message["content"].startswith("The tool returned: 3.")
+
+
+def test_invalid_parameters_schema_is_400_in_sglang_words(http: httpx.Client) -> None:
+    bad = {"type": "function", "function": {"name": "bad", "parameters": {"type": "objekt"}}}
+    reply = http.post(
+        "/v1/chat/completions",
+        json={"model": "standin-model", "messages": BOTH, "tools": [TOOLS[0], bad]},
+    )
+    assert reply.status_code == 400
+    assert reply.json()["message"].startswith("Tool 1 function has invalid 'parameters' schema: 'objekt'")
+
+
+def defs_tool(name: str, unit: dict[str, Any]) -> dict[str, Any]:
+    schema = {"type": "object", "properties": {"u": {"$ref": "#/$defs/Unit"}}, "$defs": {"Unit": unit}}
+    return {"type": "function", "function": {"name": name, "parameters": schema}}
+
+
+@pytest.mark.parametrize("tool_choice", ["required", "auto"])
+def test_conflicting_defs_are_refused_when_a_call_is_forced(http: httpx.Client, tool_choice: str) -> None:
+    tools = [defs_tool("a", {"type": "string"}), defs_tool("b", {"type": "integer"})]
+    body = {"model": "standin-model", "messages": BOTH, "tools": tools, "tool_choice": tool_choice}
+    reply = http.post("/v1/chat/completions", json=body)
+    if tool_choice == "auto":
+        assert reply.status_code == 200, reply.text
+        return
+    assert reply.status_code == 400
+    assert reply.json()["message"] == "Tool definition 'Unit' has multiple schemas, which is not supported."
+    same = [defs_tool("a", {"type": "string"}), defs_tool("b", {"type": "string"})]
+    assert http.post("/v1/chat/completions", json={**body, "tools": same}).status_code == 200
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_max_tokens_beyond_the_context_is_400(http: httpx.Client, field: str) -> None:
+    body = {"model": "standin-model", "messages": BOTH, field: 10**6}
+    reply = http.post("/v1/chat/completions", json=body)
+    assert reply.status_code == 400
+    wording = "max_completion_tokens is too large: 1000000.This model supports at most"  # sic: no space
+    assert reply.json()["message"].startswith(wording)
