@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 __all__ = ["DecodeWorker", "PDTopology", "PrefillWorker", "TransferBackend", "normalize_worker_url"]
 
-TransferBackend = Literal["mooncake", "nixl", "ascend", "fake"]
+TransferBackend = Literal["mooncake", "nixl", "ascend", "fake", "mori", "mooncake_tcp"]
+"""SGLang 0.5.23's --disaggregation-transfer-backend choices."""
 
 
 def normalize_worker_url(url: str) -> str:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
 from sglang_backend import ServerConfig
 from sglang_backend import config as config_module
+from sglang_backend._topology import DecodeWorker, PDTopology, PrefillWorker
 from sglang_backend.config import DEFAULT_LAUNCH_COMMAND
 from sglang_backend.testing._cli import parse_args as standin_parse_args
 
@@ -214,3 +215,27 @@ def test_standin_reads_context_length_like_sglang(text: str) -> None:
     except SystemExit:
         standin = None
     assert standin == real
+
+
+# -- disaggregated prefill/decode (rendered here, GPU-only to run) --------------------------------
+PD = PDTopology(
+    prefill=[PrefillWorker(url="http://10.0.0.1:30000", bootstrap_port=8998),
+             PrefillWorker(url="http://10.0.0.2:30000")],
+    decode=[DecodeWorker(url="http://10.0.0.3:30001")],
+    transfer_backend="nixl", ib_device="mlx5_0",
+)
+
+
+@pytest.mark.parametrize(("role", "index", "fields"), [
+    ("prefill", 0, {"disaggregation_mode": "prefill", "disaggregation_bootstrap_port": 8998}),
+    ("prefill", 1, {"disaggregation_mode": "prefill"}),
+    ("decode", 0, {"disaggregation_mode": "decode"}),
+])  # fmt: skip
+def test_sglang_parses_the_pd_worker_flags(
+    role: Literal["prefill", "decode"], index: int, fields: dict[str, Any]
+) -> None:
+    config = ServerConfig(extra_args=tuple(PD.sglang_args(role, index)))
+    argv = config.server_args(MODEL, port=30000, api_key=None)
+    judge_argv(argv, {"model_path": MODEL, "host": config.host, "port": 30000, "api_key": None,
+                      "disaggregation_transfer_backend": "nixl",
+                      "disaggregation_ib_device": "mlx5_0", **fields})
