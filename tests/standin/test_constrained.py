@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from sglang_backend._http import httpx
-from tests.standin.conftest import Standin
+from tests.standin.conftest import Standin, StandinFactory
 
 USER = [{"role": "user", "content": "Give me something."}]
 
@@ -132,3 +132,15 @@ def test_stop_regex_cuts_the_output(http: httpx.Client) -> None:
     choice = reply.json()["choices"][0]
     assert choice["message"]["content"].endswith("This is a ")
     assert choice["matched_stop"] == r"deterministic\s"
+
+
+def test_the_constraint_applies_after_the_thinking_section(standins: StandinFactory) -> None:
+    server = standins.launch("--reasoning-parser", "qwen3")
+    with httpx.Client(base_url=server.base_url, headers=server.headers, timeout=30) as client:
+        reply = chat(client, regex=r"[0-9]{3}")
+        assert reply.status_code == 200, reply.text
+        message = reply.json()["choices"][0]["message"]
+        assert message["reasoning_content"].startswith("The user wrote 3 words.")
+        assert re.fullmatch(r"[0-9]{3}", message["content"])
+        usage = reply.json()["usage"]
+        assert 0 < usage["reasoning_tokens"] < usage["completion_tokens"]
