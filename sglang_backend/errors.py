@@ -162,6 +162,11 @@ class ServerStartError(ServerError):
 class LaunchCommandNotFoundError(ServerStartError, FileNotFoundError):
     """The launch program could not be executed (missing or not executable)."""
 
+    default_hint = (
+        "Check ServerConfig.launch_command, or install SGLang "
+        "(pip install 'sglang-backend[server]')."
+    )
+
 
 class PortInUseError(ServerStartError, OSError):
     """The requested port is already taken by another process."""

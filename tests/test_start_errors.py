@@ -208,3 +208,17 @@ async def test_a_model_without_sglang_fails_before_any_launch() -> None:
     kinds = [getattr(event, "kind", None) for event in events]
     assert "start_failed" in kinds
     assert "phase" not in kinds  # no process ever ran
+
+
+def test_the_errors_reference_lists_every_start_error_with_its_hint() -> None:
+    page = (Path(__file__).parent.parent / "docs" / "reference" / "errors.md").read_text()
+    for name in [*NAMES, "LaunchCommandNotFoundError"]:
+        cls = getattr(sglang_backend, name)
+        assert f"| `{name}` |" in page
+        assert cls.default_hint in page, name
+    for entry in PATTERNS:
+        if entry.hint:
+            assert entry.hint in page
+        if entry.kind != "port-in-use":
+            assert f"`{entry.kind}`" in page
+    assert ServerHungError.hint in page
