@@ -29,17 +29,21 @@ from fastapi.responses import Response, StreamingResponse
 
 from sglang_backend.testing import _tokenizer as tok
 from sglang_backend.testing._engine import (
+    ConstraintError,
     Generation,
+    compile_constraint,
     echo_source,
     generate_tokens,
-    json_text,
     reply_text,
+    reply_variants,
+    sample_generation,
+    sampling_for,
     think_text,
 )
 from sglang_backend.testing._lora import LoraError
 from sglang_backend.testing._replies import DONE, BadRequest, JSONResponse, native_error, sse
 from sglang_backend.testing._requests_registry import ABORT_FINISH, new_rid
-from sglang_backend.testing._schema import SchemaError
+from sglang_backend.testing._sampling import SamplingParams, TokenLogprob, native_logprobs
 from sglang_backend.testing._state import ServerState
 
 __all__ = ["SAMPLING_PARAMS_FIELDS", "register"]
@@ -65,10 +69,55 @@ class _Item:
 
     rid: str
     prompt: str
-    prompt_tokens: int
+    prompt_ids: list[int]
     params: Mapping[str, Any]
+    choice: int = 0
     candidate: str = ""
-    thinking: bool = False
+    think: str = ""
+    grammar: str | None = None
+    sampling: SamplingParams | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+
+@dataclass
+class _Logprobs:
+    """What the request asked of logprobs (``return_logprob`` and friends)."""
+
+    on: bool = False
+    top: int = 0
+    start: int = -1
+    token_ids: list[int] | None = None
+    with_text: bool = False
+
+
+def _logprob_of(token_id: int, position: int) -> float:
+    """A deterministic log-probability for a prompt token (the stand-in runs no model)."""
+    return -0.05 - ((token_id * 31 + position * 7) % 400) / 100.0
+
+
+def _input_logprobs(ids: Sequence[int], ask: _Logprobs) -> dict[str, Any]:
+    """``input_*`` logprob fields: the first prompt token has none (``None``), as SGLang."""
+    start = max(ask.start, 0) if ask.start >= 0 else 0
+    text = (lambda i: tok.decode([i], skip_special_tokens=False)) if ask.with_text else (lambda i: None)
+    triples = [
+        [None if pos == 0 else _logprob_of(i, pos), i, text(i)] for pos, i in enumerate(ids) if pos >= start
+    ]
+    tops = [
+        None if pos == 0 else [[_logprob_of(i, pos), i, text(i)]][: ask.top]
+        for pos, i in enumerate(ids)
+        if pos >= start
+    ]
+    out: dict[str, Any] = {"input_token_logprobs": triples, "input_top_logprobs": tops if ask.top else []}
+    if ask.token_ids is not None:
+        out["input_token_ids_logprobs"] = [
+            None if pos == 0 else [[_logprob_of(t, pos), t, text(t)] for t in ask.token_ids]
+            for pos, _ in enumerate(ids)
+            if pos >= start
+        ]
+    return out
 
 
 def _unknown_key(params: Any) -> None:
@@ -80,26 +129,26 @@ def _unknown_key(params: Any) -> None:
             raise _ContractError(f"unknown field `{key}`, expected one of {listed}")
 
 
-def _inputs(body: Mapping[str, Any]) -> tuple[list[tuple[str, int]], bool]:
-    """``[(prompt_text, prompt_tokens)]`` and whether the input was a batch."""
+def _inputs(body: Mapping[str, Any]) -> tuple[list[tuple[str, list[int]]], bool]:
+    """``[(prompt_text, prompt_ids)]`` and whether the input was a batch."""
     text = body.get("text")
     input_ids = body.get("input_ids")
     if text is None and input_ids is None:
         raise BadRequest("Either text, input_ids or input_embeds should be provided.")
     if input_ids is not None:
         if isinstance(input_ids, list) and input_ids and all(isinstance(i, int) for i in input_ids):
-            return [(tok.decode(input_ids), len(input_ids))], False
+            return [(tok.decode(input_ids), list(input_ids))], False
         if (
             isinstance(input_ids, list)
             and input_ids
             and all(isinstance(i, list) and all(isinstance(x, int) for x in i) for i in input_ids)
         ):
-            return [(tok.decode(ids), len(ids)) for ids in input_ids], True
+            return [(tok.decode(ids), list(ids)) for ids in input_ids], True
         raise BadRequest("input_ids must be a non-empty list of ints or of lists of ints")
     if isinstance(text, str):
-        return [(text, len(tok.encode(text)))], False
+        return [(text, tok.encode(text))], False
     if isinstance(text, list) and text and all(isinstance(t, str) for t in text):
-        return [(t, len(tok.encode(t))) for t in text], True
+        return [(t, tok.encode(t)) for t in text], True
     raise BadRequest("text must be a string or a non-empty list of strings")
 
 
@@ -155,6 +204,7 @@ def register(app: FastAPI, state: ServerState) -> None:
         for params in params_list or [raw_params]:
             _unknown_key(params)
         inputs, batched = _inputs(body)
+        ask = logprob_request(body)
         if params_list is not None and len(params_list) != len(inputs):
             raise BadRequest("The length of sampling_params should match the batch size.")
         per_input = params_list or [raw_params] * len(inputs)
@@ -166,37 +216,80 @@ def register(app: FastAPI, state: ServerState) -> None:
         expanded = [(p, t, prm) for (p, t), prm in zip(inputs, per_input, strict=True) for _ in range(n)]
         rids = _rids(body, len(expanded))
         items = []
-        for rid, (prompt, prompt_tokens, params) in zip(rids, expanded, strict=True):
-            _check(params, prompt_tokens, args.context_length)
+        for index, (rid, (prompt, ids, params)) in enumerate(zip(rids, expanded, strict=True)):
+            _check(params, len(ids), args.context_length)
             schema = params.get("json_schema")
-            thinking = args.reasoning_parser is not None and schema is None
-            if schema is not None:
-                try:
-                    candidate = json_text(json.loads(schema) if isinstance(schema, str) else schema)
-                except (ValueError, SchemaError) as exc:
-                    raise BadRequest(f"Invalid json_schema: {exc}") from exc
-            else:
-                source = echo_source(prompt)
-                candidate = (think_text(source) if thinking else "") + " " + reply_text(source)
-            items.append(_Item(rid, prompt, prompt_tokens, params, candidate, thinking))
+            try:
+                grammar = compile_constraint(
+                    params.get("regex"),
+                    params.get("ebnf"),
+                    json.dumps(schema) if isinstance(schema, dict) else schema,
+                )
+            except ConstraintError as exc:
+                raise BadRequest(str(exc)) from exc
+            sampling = sampling_for(
+                params.get("temperature"), params.get("top_p"), params.get("top_k"),
+                params.get("min_p"), params.get("sampling_seed"), n,
+            )  # fmt: skip
+            source = echo_source(prompt)
+            think = think_text(source) if args.reasoning_parser is not None else ""
+            candidate = (
+                ("" if schema is not None else reply_text(source)) if grammar else " " + reply_text(source)
+            )
+            sampled = grammar is not None or not sampling.greedy or ask.on
+            items.append(
+                _Item(
+                    rid,
+                    prompt,
+                    ids,
+                    params,
+                    index % n,
+                    candidate,
+                    think,
+                    grammar,
+                    sampling if sampled else None,
+                )
+            )
         return items, batched or len(items) > 1
 
-    def decode(item: _Item) -> Generation:
+    def logprob_request(body: Mapping[str, Any]) -> _Logprobs:
+        token_ids = body.get("token_ids_logprob")
+        return _Logprobs(
+            on=bool(body.get("return_logprob")),
+            top=int(body.get("top_logprobs_num") or 0),
+            start=int(body.get("logprob_start_len") or -1) if body.get("logprob_start_len") != 0 else 0,
+            token_ids=[int(t) for t in token_ids] if isinstance(token_ids, list) else None,
+            with_text=bool(body.get("return_text_in_logprobs")),
+        )
+
+    def decode(item: _Item, ask: _Logprobs) -> Generation:
         params = item.params
         stop = params.get("stop") or []
-        return generate_tokens(
-            item.candidate,
-            max_new_tokens=params.get("max_new_tokens", 128),
-            room=args.context_length - item.prompt_tokens,
-            stop=[stop] if isinstance(stop, str) else list(stop),
-            stop_token_ids=params.get("stop_token_ids") or (),
-            ignore_eos=bool(params.get("ignore_eos")),
-            min_new_tokens=int(params.get("min_new_tokens") or 0),
-            no_stop_trim=bool(params.get("no_stop_trim")),
+        regex = params.get("stop_regex") or []
+        limits: dict[str, Any] = {
+            "max_new_tokens": params.get("max_new_tokens", 128),
+            "room": args.context_length - item.prompt_tokens,
+            "stop": [stop] if isinstance(stop, str) else list(stop),
+            "stop_token_ids": params.get("stop_token_ids") or (),
+            "ignore_eos": bool(params.get("ignore_eos")),
+            "min_new_tokens": int(params.get("min_new_tokens") or 0),
+            "no_stop_trim": bool(params.get("no_stop_trim")),
+            "stop_regex": [regex] if isinstance(regex, str) else list(regex),
+        }
+        if item.sampling is None:
+            return generate_tokens(item.think + item.candidate, **limits)
+        if item.grammar is not None:
+            return sample_generation(
+                [item.candidate], grammar=item.grammar, params=item.sampling, choice=item.choice,
+                top_logprobs=ask.top, prefix=item.think, **limits,
+            )  # fmt: skip
+        targets = [item.think + v for v in reply_variants(item.candidate)]
+        return sample_generation(
+            targets, grammar=None, params=item.sampling, choice=item.choice, top_logprobs=ask.top, **limits
         )
 
     def reasoning_tokens(item: _Item, pieces: Sequence[str]) -> int:
-        if not item.thinking:
+        if not item.think:
             return 0
         text = ""
         for count, piece in enumerate(pieces, start=1):
@@ -206,11 +299,16 @@ def register(app: FastAPI, state: ServerState) -> None:
         return len(pieces)
 
     def output(
-        item: _Item, gen: Generation, steps: int, finish: dict[str, Any] | None, started: float
+        item: _Item,
+        gen: Generation,
+        steps: int,
+        finish: dict[str, Any] | None,
+        started: float,
+        ask: _Logprobs,
     ) -> dict[str, Any]:
         ids = gen.token_ids[:steps]
         pieces = gen.pieces[:steps]
-        return {
+        result: dict[str, Any] = {
             "text": "".join(pieces) if steps < len(gen.token_ids) or finish is None else gen.text,
             "output_ids": ids,
             "meta_info": {
@@ -225,15 +323,34 @@ def register(app: FastAPI, state: ServerState) -> None:
                 "e2e_latency": time.perf_counter() - started,
             },
         }
+        if ask.on:
+            meta = result["meta_info"]
+            meta.update(_input_logprobs(item.prompt_ids, ask))
+            # one entry per output id: the EOS the engine leaves out gets one too, as SGLang
+            entries = list(gen.logprobs[:steps])
+            for position in range(len(entries), len(ids)):
+                token_id = ids[position]
+                text = tok.decode([token_id], skip_special_tokens=False)
+                entries.append(TokenLogprob(token_id, text, _logprob_of(token_id, position)))
+            meta.update(native_logprobs(entries, ask.top, with_text=ask.with_text))
+            if ask.token_ids is not None:
+                meta["output_token_ids_logprobs"] = [
+                    [
+                        [_logprob_of(t, i), t, tok.decode([t]) if ask.with_text else None]
+                        for t in ask.token_ids
+                    ]
+                    for i, _ in enumerate(entries)
+                ]
+        return result
 
     def finish_of(gen: Generation) -> dict[str, Any]:
         if gen.finish_reason == "length":
             return {"type": "length", "length": gen.completion_tokens}
         return {"type": "stop", "matched": gen.matched_stop}
 
-    async def run_one(item: _Item, request: Request, started: float) -> dict[str, Any]:
+    async def run_one(item: _Item, request: Request, started: float, ask: _Logprobs) -> dict[str, Any]:
         """Generate one output, token time by token time, stopping on abort or disconnect."""
-        gen = decode(item)
+        gen = decode(item, ask)
         steps = len(gen.token_ids)
         for step in range(len(gen.token_ids)):
             if state.registry.aborted(item.rid) or await state.registry.wait(item.rid, delay):
@@ -244,20 +361,20 @@ def register(app: FastAPI, state: ServerState) -> None:
                 steps = step
                 break
         if steps < len(gen.token_ids) or state.registry.aborted(item.rid):
-            return output(item, gen, steps, dict(ABORT_FINISH), started)
+            return output(item, gen, steps, dict(ABORT_FINISH), started, ask)
         state.generation_tokens_total += gen.completion_tokens
-        return output(item, gen, steps, finish_of(gen), started)
+        return output(item, gen, steps, finish_of(gen), started, ask)
 
-    async def stream(item: _Item, crash: bool, started: float) -> AsyncIterator[bytes]:
+    async def stream(item: _Item, crash: bool, started: float, ask: _Logprobs) -> AsyncIterator[bytes]:
         state.enter(item.rid, "generate")
         try:
-            gen = decode(item)
+            gen = decode(item, ask)
             for step in range(len(gen.token_ids)):
                 if await state.registry.wait(item.rid, delay):
-                    yield sse(output(item, gen, step, dict(ABORT_FINISH), started))
+                    yield sse(output(item, gen, step, dict(ABORT_FINISH), started, ask))
                     break
                 done = step == len(gen.token_ids) - 1
-                yield sse(output(item, gen, step + 1, finish_of(gen) if done else None, started))
+                yield sse(output(item, gen, step + 1, finish_of(gen) if done else None, started, ask))
                 if crash and step >= 1:
                     await asyncio.sleep(0.05)
                     await state.crash_now()
@@ -300,18 +417,19 @@ def register(app: FastAPI, state: ServerState) -> None:
             if is_stream:
                 return StreamingResponse(errors(message), media_type="text/event-stream")
             return native_error(message)
+        ask = logprob_request(body)
         state.prompt_tokens_total += sum(i.prompt_tokens for i in items)
         await state.unpaused.wait()  # /pause_generation holds new requests (TokenizerManager.is_pause_cond)
         if is_stream:
             # One streamed output (the first); SGLang interleaves batch streams by index.
             first = items[0]
             return StreamingResponse(
-                state.watch(first.rid, stream(first, crash, started)), media_type="text/event-stream"
+                state.watch(first.rid, stream(first, crash, started, ask)), media_type="text/event-stream"
             )
         for item in items:
             state.enter(item.rid, "generate", request)
         try:
-            outputs = await asyncio.gather(*(run_one(item, request, started) for item in items))
+            outputs = await asyncio.gather(*(run_one(item, request, started, ask) for item in items))
         finally:
             for item in items:
                 state.leave(item.rid)

@@ -320,3 +320,46 @@ async def test_weights_flush_memory_pause(
     for name in ("update_weights", "flush_cache", "release_memory", "resume_memory"):
         assert name in kinds, name
     assert _events(server, "release_memory")[-1]["tags"] == ["kv_cache"]
+
+
+async def test_generate_logprobs_shapes(http: httpx.AsyncClient) -> None:
+    body = {
+        "text": "hello there friend",
+        "return_logprob": True,
+        "top_logprobs_num": 2,
+        "return_text_in_logprobs": True,
+        "logprob_start_len": 0,
+        "token_ids_logprob": [5, 7],
+        "sampling_params": {"max_new_tokens": 6},
+    }
+    first = (await http.post("/generate", json=body)).json()
+    meta = first["meta_info"]
+    count = meta["completion_tokens"]
+    assert [t[1] for t in meta["output_token_logprobs"]] == first["output_ids"]
+    assert all(
+        isinstance(t[0], float) and t[0] <= 0 and isinstance(t[2], str) for t in meta["output_token_logprobs"]
+    )
+    assert len(meta["output_top_logprobs"]) == count
+    assert all(1 <= len(top) <= 2 for top in meta["output_top_logprobs"])
+    assert len(meta["input_token_logprobs"]) == meta["prompt_tokens"]
+    assert meta["input_token_logprobs"][0][0] is None  # the first prompt token has no logprob
+    assert [t[1] for t in meta["output_token_ids_logprobs"][0]] == [5, 7]
+    again = (await http.post("/generate", json=body)).json()
+    assert again["meta_info"]["output_token_logprobs"] == meta["output_token_logprobs"]  # deterministic
+    plain = (await http.post("/generate", json={**body, "return_text_in_logprobs": False})).json()
+    assert all(t[2] is None for t in plain["meta_info"]["output_token_logprobs"])
+    off = (await http.post("/generate", json={"text": "x", "sampling_params": {"max_new_tokens": 2}})).json()
+    assert "output_token_logprobs" not in off["meta_info"]
+
+
+async def test_generate_seeded_sampling_and_regex(http: httpx.AsyncClient) -> None:
+    params = {"n": 3, "temperature": 1.0, "sampling_seed": 11, "max_new_tokens": 40}
+    one = (await http.post("/generate", json={"text": "pick", "sampling_params": params})).json()
+    two = (await http.post("/generate", json={"text": "pick", "sampling_params": params})).json()
+    assert [x["text"] for x in one] == [x["text"] for x in two]
+    regex = (
+        await http.post(
+            "/generate", json={"text": "x", "sampling_params": {"regex": "[0-9]{3}", "max_new_tokens": 60}}
+        )
+    ).json()
+    assert regex["text"].split("</think>")[-1].strip().isdigit()
