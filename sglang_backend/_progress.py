@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any, Protocol, TextIO
 
 from .server import ServerEvent
@@ -145,6 +146,7 @@ class StartupProgress:
         self._label = label
         self.live = use_rich
         self.relaunch_note = True
+        self._files_shown: tuple[Any, Any] = (0, 0)
 
     def __call__(self, event: ServerEvent) -> None:
         kind, detail = event.kind, event.detail
@@ -153,6 +155,8 @@ class StartupProgress:
             self._renderer.start(f"{verb} {self._label} …")
         elif kind == "phase":
             self._renderer.update(str(detail.get("phase", "?")), str(detail.get("line", "")))
+        elif kind == "download":
+            self._download(detail)
         elif kind == "ready":
             self._renderer.stop()
             duration = detail.get("duration")
@@ -173,6 +177,23 @@ class StartupProgress:
             )
         elif kind == "closed":
             self._renderer.stop()
+
+    def _download(self, detail: Mapping[str, Any]) -> None:
+        """Download progress: live, every update; plain, at start, per finished file, at end."""
+        phase = detail.get("phase")
+        files = (detail.get("files", 0), detail.get("total_files", 0))
+        if phase == "start":
+            self._files_shown = (0, 0)
+            self._renderer.start(f"Downloading {detail.get('repo', self._label)} …")
+        if not self.live and phase == "progress" and files == self._files_shown:
+            return
+        self._files_shown = files
+        mib = 1 << 20
+        text = (f"{files[0]}/{files[1]} files, {detail.get('bytes', 0) / mib:.1f} of "
+                f"{detail.get('total_bytes', 0) / mib:.1f} MiB")
+        if phase == "done":
+            text += f" in {detail.get('seconds', 0):.1f} s"
+        self._renderer.update("downloading", text)
 
     def close(self) -> None:
         """Stop the live line, if one is shown (idempotent)."""

@@ -192,3 +192,51 @@ async def test_no_download_offline_for_local_paths_and_for_the_stand_in(
     standin = _config(hub, hf_home, launch_command=standin_command())
     assert await check_before_launch("org/tiny", standin) == {}
     assert hub.seen == []
+
+
+async def test_a_model_downloads_then_starts_its_server_offline(
+    hub: FakeHub, hf_home: Path, tmp_path: Path, standin: Any
+) -> None:
+    """End to end: a launch command that runs "real SGLang" (a program named ``sglang``,
+    here running the stand-in) gets the download phase, then a server with HF_HUB_OFFLINE=1."""
+    import io
+    import sys
+
+    import psutil
+
+    from sglang_backend import AsyncSGLangModel, ServerEvent
+    from sglang_backend._progress import StartupProgress
+
+    program = tmp_path / "bin" / "sglang"
+    program.parent.mkdir()
+    program.write_text(f"#!{sys.executable}\nimport runpy\n"
+                       "runpy.run_module('sglang_backend.testing', run_name='__main__')\n")
+    program.chmod(0o755)
+    base = standin()
+    config = base.model_copy(update={
+        "launch_command": (str(program),),
+        "env": {"HF_ENDPOINT": hub.url, "HF_HOME": str(hf_home)},
+    })
+    out = io.StringIO()
+    shown = StartupProgress(out, use_rich=False, label="org/tiny")
+    events: list[ServerEvent] = []
+
+    def on_event(event: ServerEvent) -> None:
+        events.append(event)
+        shown(event)
+
+    async with AsyncSGLangModel("org/tiny", server=config, on_event=on_event) as model:
+        await model.start()
+        pid = model.pid
+        assert pid is not None
+        env = await asyncio.to_thread(lambda: psutil.Process(pid).environ())
+    assert env["HF_HUB_OFFLINE"] == "1"
+    kinds = [event.kind for event in events]
+    assert kinds.index("download") < kinds.index("ready")
+    done = [e for e in events if e.kind == "download" and e.detail["phase"] == "done"]
+    assert len(done) == 1
+    assert done[0].detail["files"] == len(FILES)
+    assert (hf_home / "hub" / "models--org--tiny").is_dir()
+    text = out.getvalue()
+    assert "Downloading org/tiny" in text
+    assert f"{len(FILES)}/{len(FILES)} files" in text
