@@ -9,10 +9,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import jsonschema
+
 from sglang_backend.testing import _grammar
 from sglang_backend.testing import _tokenizer as tok
 from sglang_backend.testing._sampling import SamplingParams, TokenLogprob, choice_rng
-from sglang_backend.testing._schema import example_for_schema
+from sglang_backend.testing._schema import SchemaError, example_for_schema
 
 __all__ = [
     "ConstraintError",
@@ -156,9 +158,29 @@ def tool_calls_text(calls: Sequence[PlannedCall]) -> str:
 
 
 def plan_call(name: str, parameters: Mapping[str, Any] | None) -> PlannedCall:
-    """Plan a call of tool *name* with arguments valid for its *parameters* schema."""
+    """Plan a call of tool *name* with arguments valid for its *parameters* schema.
+
+    The example value is what the model aims at; when it does not validate (or cannot be
+    built) the grammar engine decodes the arguments under the schema instead, so they are
+    valid by construction.  Raises SchemaError if neither can produce arguments.
+    """
     schema: Mapping[str, Any] = parameters or {"type": "object", "properties": {}}
-    return PlannedCall(name=name, arguments=json.dumps(example_for_schema(schema)))
+    target = ""
+    try:
+        value = example_for_schema(schema)
+        target = json.dumps(value)
+        if jsonschema.Draft202012Validator(schema).is_valid(value):
+            return PlannedCall(name=name, arguments=target)
+    except SchemaError:
+        pass
+    try:
+        grammar = _grammar.compile_grammar("json_schema", json.dumps(schema))
+        decoded = _grammar.decode(grammar, target, SamplingParams(), choice_rng(0, 0), max_steps=2048)
+    except _grammar.GrammarError as exc:
+        raise SchemaError(str(exc)) from exc
+    if not decoded.finished:
+        raise SchemaError("no arguments fit the schema within 2048 tokens")
+    return PlannedCall(name=name, arguments=decoded.text)
 
 
 @dataclass

@@ -109,8 +109,9 @@ def compile_grammar(kind: GrammarKind, text: str) -> str:
     """
     try:
         if kind == "json_schema":
-            # flexible whitespace, as SGLang's llguidance backend compiles schemas
-            grammar = llguidance.LLMatcher.grammar_from_json_schema(text)
+            # flexible whitespace, as SGLang's llguidance backend compiles schemas; keywords
+            # a grammar cannot enforce (uniqueItems, ...) are ignored, as xgrammar does
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(text, defaults={"lenient": True})
         elif kind == "ebnf":
             grammar = llguidance.grammar_from("ebnf", text)
         elif kind == "lark":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -144,3 +145,12 @@ def test_max_tokens_beyond_the_context_is_400(http: httpx.Client, field: str) ->
     assert reply.status_code == 400
     wording = "max_completion_tokens is too large: 1000000.This model supports at most"  # sic: no space
     assert reply.json()["message"].startswith(wording)
+
+
+def test_arguments_fit_a_pattern_the_example_generator_cannot(http: httpx.Client) -> None:
+    code = tool("book", code={"type": "string", "pattern": "^[A-Z]{3}[0-9]{2}$"})
+    body = {"model": "standin-model", "messages": BOTH, "tools": [code], "tool_choice": "required"}
+    reply = http.post("/v1/chat/completions", json=body)
+    assert reply.status_code == 200, reply.text
+    arguments = json.loads(reply.json()["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"])
+    assert re.fullmatch(r"[A-Z]{3}[0-9]{2}", arguments["code"])
