@@ -15,6 +15,7 @@ stand-in reads :data:`PATTERNS` too.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import importlib.util
 import os
@@ -246,29 +247,32 @@ def _own_python(command: Sequence[str]) -> bool:
         return False
 
 
-def _parser_names() -> tuple[set[str] | None, set[str] | None]:
+@functools.cache
+def _parser_names() -> tuple[frozenset[str] | None, frozenset[str] | None]:
     """SGLang's tool-call and reasoning parser names (None where they cannot be read).
 
-    Blocking (imports SGLang modules): run in a thread.
+    The lists SGLang 0.5.23's ``server_args.py`` gives argparse as ``choices``:
+    ``FunctionCallParser.ToolCallParserEnum`` and ``ReasoningParser.DetectorMap``. Blocking
+    (imports SGLang modules, which import torch): run in a thread; cached per process.
     """
-    tool: set[str] | None = None
-    reasoning: set[str] | None = None
+    tool: frozenset[str] | None = None
+    reasoning: frozenset[str] | None = None
     try:
         module = importlib.import_module("sglang.srt.function_call.function_call_parser")
-        lister = getattr(module, "get_available_tool_call_parsers", None)
-        # Newer releases list them through a function, older ones in an enum-like dict.
-        tool = set(lister()) if callable(lister) else set(module.FunctionCallParser.ToolCallParserEnum)
+        tool = frozenset(module.FunctionCallParser.ToolCallParserEnum)
     except Exception:  # noqa: BLE001 - any import or layout problem: argparse still checks
         tool = None
     try:
         module = importlib.import_module("sglang.srt.parser.reasoning_parser")
-        reasoning = set(module.ReasoningParser.DetectorMap)
+        reasoning = frozenset(module.ReasoningParser.DetectorMap)
     except Exception:  # noqa: BLE001 - as above
         reasoning = None
     return tool, reasoning
 
 
-def _check_parsers(config: ServerConfig, tool: set[str] | None, reasoning: set[str] | None) -> None:
+def _check_parsers(
+    config: ServerConfig, tool: frozenset[str] | None, reasoning: frozenset[str] | None
+) -> None:
     for flag, value, known in (
         ("--tool-call-parser", config.tool_call_parser, tool),
         ("--reasoning-parser", config.reasoning_parser, reasoning),

@@ -24,7 +24,7 @@ from sglang_backend import (
     SGLangNotInstalledError,
     UnknownParserError,
 )
-from sglang_backend._diagnose import PATTERNS, check_before_launch, classify, start_error
+from sglang_backend._diagnose import PATTERNS, _parser_names, check_before_launch, classify, start_error
 from sglang_backend.testing import standin_command
 
 NAMES = ["SGLangNotInstalledError", "ServerOutOfMemoryError", "ModelNotFoundError",
@@ -137,13 +137,16 @@ def fake_sglang(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Non
         (root / package).mkdir(parents=True)
         (root / package / "__init__.py").write_text("")
     (root / "sglang/srt/function_call/function_call_parser.py").write_text(
-        "def get_available_tool_call_parsers():\n    return ['llama3', 'qwen', 'qwen25']\n"
+        "class FunctionCallParser:\n"
+        "    ToolCallParserEnum = {'llama3': None, 'qwen': None, 'qwen25': None}\n"
     )
     (root / "sglang/srt/parser/reasoning_parser.py").write_text(
         "class ReasoningParser:\n    DetectorMap = {'deepseek-r1': None, 'qwen3': None}\n"
     )
     monkeypatch.syspath_prepend(str(root))
+    _parser_names.cache_clear()
     yield
+    _parser_names.cache_clear()
     for name in [m for m in sys.modules if m == "sglang" or m.startswith("sglang.")]:
         del sys.modules[name]
 
