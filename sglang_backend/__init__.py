@@ -35,7 +35,15 @@ if TYPE_CHECKING:
         ToolCallParserMissingError,
         UnknownParserError,
     )
-    from .model import AsyncSGLangModel, ChatStream, SGLangTokenCounter
+    from .model import AsyncSGLangModel, ChatStream, GenerateStream, SGLangTokenCounter
+    from .native import (
+        GenerateChunk,
+        GenerateResult,
+        LoRAUpdateResult,
+        MetaInfo,
+        SamplingParams,
+        UpdateWeightsResult,
+    )
     from .server import ServerEvent, ServerState
     from .sync import SGLangModel
 
@@ -43,7 +51,10 @@ if TYPE_CHECKING:
 # server's entry point) must not pay for the openai SDK it never uses.
 _LAZY = {
     **dict.fromkeys(("SGLangConfig", "ServerConfig"), ".config"),
-    **dict.fromkeys(("AsyncSGLangModel", "ChatStream", "SGLangTokenCounter"), ".model"),
+    **dict.fromkeys(("AsyncSGLangModel", "ChatStream", "GenerateStream", "SGLangTokenCounter"),
+                    ".model"),
+    **dict.fromkeys(("GenerateChunk", "GenerateResult", "LoRAUpdateResult", "MetaInfo",
+                     "SamplingParams", "UpdateWeightsResult"), ".native"),
     **dict.fromkeys(("ServerEvent", "ServerState"), ".server"),
     "SGLangModel": ".sync",
 }
@@ -74,8 +85,13 @@ __all__ = [
     "ChatStream",
     "ConfigError",
     "GPUUnavailableError",
+    "GenerateChunk",
+    "GenerateResult",
+    "GenerateStream",
     "InvalidRequestError",
     "LaunchCommandNotFoundError",
+    "LoRAUpdateResult",
+    "MetaInfo",
     "ModelAccessError",
     "ModelClosedError",
     "ModelNotFoundError",
@@ -87,6 +103,7 @@ __all__ = [
     "SGLangModel",
     "SGLangNotInstalledError",
     "SGLangTokenCounter",
+    "SamplingParams",
     "ServerConfig",
     "ServerCrashedError",
     "ServerError",
@@ -100,5 +117,6 @@ __all__ = [
     "StructuredOutputError",
     "ToolCallParserMissingError",
     "UnknownParserError",
+    "UpdateWeightsResult",
     "__version__",
 ]

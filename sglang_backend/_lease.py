@@ -9,7 +9,10 @@ requests of the leased clients it hands out — runs under a :class:`Lease`:
 3. **report** a failure: a transport error is shown to the backend, which tells a dead
    server (the next request relaunches it) from a live one; every failure is translated by
    :func:`~sglang_backend._translate.classify`, the one error translation;
-4. **release**, exactly once.
+4. **release**, exactly once;
+5. **abort** a cancelled request on the server: a request sent with a ``rid`` that is
+   cancelled mid-way (or a stream closed early) is named in ``POST /abort_request`` to every
+   server that may hold it, in the background — the cancelled caller never waits for it.
 
 :class:`RequestPath` is the only code that calls a backend's ``acquire``/``recover``/
 ``release``. A new endpoint is a ``send(lease)`` coroutine and its response model.
@@ -18,22 +21,45 @@ requests of the leased clients it hands out — runs under a :class:`Lease`:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _http
-from ._translate import classify
+from ._translate import check_response, classify
 from .errors import ModelClosedError, ServerUnavailableError, SGLangError
 
 if TYPE_CHECKING:
     from .server import Backend
 
-__all__ = ["CLOSE_MESSAGE", "Lease", "LeaseContext", "RequestPath"]
+__all__ = ["CLOSE_MESSAGE", "Lease", "LeaseContext", "RequestPath", "admin_key", "direct_urls"]
+
+logger = logging.getLogger("sglang_backend")
 
 T = TypeVar("T")
 CLOSE_MESSAGE = "sglang_backend: model closed"
 _MAX_ATTEMPTS = 3
+_ABORT_TIMEOUT = 5.0
+
+
+def admin_key(backend: Backend) -> str | None:
+    """The ``--admin-api-key`` of a launched server (``ServerConfig.admin_api_key``), if any."""
+    secret = getattr(getattr(backend, "config", None), "admin_api_key", None)
+    value = secret.get_secret_value() if secret is not None else None
+    return value if isinstance(value, str) and value else None
+
+
+def direct_urls(backend: Backend) -> list[str]:
+    """Every worker of a router group (``RouterGroup.direct_urls()`` where it exists), else the
+    server's own URL."""
+    process = getattr(backend, "process", None)
+    direct = getattr(process, "direct_urls", None)
+    if callable(direct):
+        urls = [str(url).rstrip("/") for url in direct()]
+        if urls:
+            return urls
+    return [backend.base_url]
 
 
 class Lease:
@@ -46,7 +72,8 @@ class Lease:
         transport: the transport under ``http``, for clients that bring their own.
     """
 
-    __slots__ = ("_backend", "_released", "_token", "api_key", "base_url", "http", "transport")
+    __slots__ = ("_admin_key", "_backend", "_released", "_token", "api_key", "base_url", "http",
+                 "transport")
 
     def __init__(self, backend: Backend, token: object) -> None:
         self._backend = backend
@@ -57,11 +84,30 @@ class Lease:
         pool = backend.pool
         self.http: _http.httpx.AsyncClient = pool.client
         self.transport: _http.httpx.AsyncHTTPTransport = pool.transport
+        self._admin_key = admin_key(backend)
 
     @property
     def headers(self) -> dict[str, str]:
         """The ``Authorization`` header this server needs (empty without a key)."""
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """The header admin endpoints need: the admin key when one is set, else the API key's.
+
+        SGLang 0.5.23 guards its ``ADMIN_OPTIONAL`` routes (abort, LoRA, weights, memory,
+        cache, pause) with ``--admin-api-key`` when it is set, and refuses the ordinary key
+        there.
+        """
+        if self._admin_key:
+            return {"Authorization": f"Bearer {self._admin_key}"}
+        return self.headers
+
+    @property
+    def direct_urls(self) -> list[str]:
+        """The servers that run this lease's requests: every worker behind a router (routers
+        do not forward ``/abort_request``), else the server itself."""
+        return direct_urls(self._backend)
 
     @property
     def released(self) -> bool:
@@ -99,6 +145,7 @@ class RequestPath:
         self.timeout = timeout
         self._closed = closed
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._aborts: set[asyncio.Task[None]] = set()
 
     # -- the lease ------------------------------------------------------------------------
     def lease(self) -> LeaseContext:
@@ -119,17 +166,27 @@ class RequestPath:
         return Lease(backend, token)
 
     # -- sending --------------------------------------------------------------------------
-    async def call(self, send: Callable[[Lease], Awaitable[T]]) -> T:
-        """Send under a lease released when ``send`` returns; retry what is safe to retry."""
-        result, lease = await self._send(send)
+    async def call(
+        self, send: Callable[[Lease], Awaitable[T]], *, rid: str | Sequence[str] | None = None
+    ) -> T:
+        """Send under a lease released when ``send`` returns; retry what is safe to retry.
+
+        ``rid``: the request id(s) ``send`` puts in the request; if the caller is cancelled
+        while it runs, the server is told to abort them (see :meth:`abort_later`).
+        """
+        result, lease = await self._send(send, rid)
         lease.release()
         return result
 
-    async def open(self, send: Callable[[Lease], Awaitable[T]]) -> tuple[T, Lease]:
+    async def open(
+        self, send: Callable[[Lease], Awaitable[T]], *, rid: str | Sequence[str] | None = None
+    ) -> tuple[T, Lease]:
         """Like :meth:`call`, but the lease stays held: the caller (a stream) releases it."""
-        return await self._send(send)
+        return await self._send(send, rid)
 
-    async def _send(self, send: Callable[[Lease], Awaitable[T]]) -> tuple[T, Lease]:
+    async def _send(
+        self, send: Callable[[Lease], Awaitable[T]], rid: str | Sequence[str] | None
+    ) -> tuple[T, Lease]:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
@@ -140,6 +197,8 @@ class RequestPath:
                     return await send(lease), lease
                 except BaseException as exc:
                     lease.release()
+                    if rid is not None and isinstance(exc, asyncio.CancelledError):
+                        self.abort_later(lease, rid)
                     error = await self.translate(lease, exc, retry=attempt < _MAX_ATTEMPTS - 1)
                     if error is not None:
                         raise error from exc
@@ -180,6 +239,46 @@ class RequestPath:
             await backend.recover(lease._token, exc, sent=False)
             return None
         return failure.error or exc
+
+    # -- aborting ---------------------------------------------------------------------------
+    def abort_later(self, lease: Lease, rid: str | Sequence[str]) -> None:
+        """Post ``/abort_request`` for ``rid`` to every server of ``lease``, in the background.
+
+        Returns at once: the task runs on the loop, errors are logged (debug), never raised.
+        Nothing is sent once the model is closed (its server is being stopped anyway).
+        """
+        if self._closed():
+            return
+        rids = [rid] if isinstance(rid, str) else list(rid)
+        if not rids:
+            return
+        task = asyncio.ensure_future(self._post_aborts(lease, rids))
+        self._aborts.add(task)
+        task.add_done_callback(self._aborts.discard)
+
+    async def abort(self, lease: Lease, body: dict[str, Any]) -> None:
+        """Post one ``/abort_request`` body to every server of ``lease`` (concurrently)."""
+        headers = lease.admin_headers
+        responses = await asyncio.gather(
+            *(lease.http.post(f"{url}/abort_request", json=body, headers=headers,
+                              timeout=_ABORT_TIMEOUT) for url in lease.direct_urls),
+            return_exceptions=True,
+        )
+        for response in responses:
+            if isinstance(response, BaseException):
+                raise response
+            check_response(response)
+
+    async def _post_aborts(self, lease: Lease, rids: list[str]) -> None:
+        try:
+            await asyncio.gather(*(self.abort(lease, {"rid": r}) for r in rids))
+        except Exception:  # the caller is gone; an abort that fails changes nothing for it
+            logger.debug("abort of %s failed", rids, exc_info=True)
+
+    async def wait_aborts(self) -> None:
+        """Wait for the background aborts sent so far (tests, orderly shutdown)."""
+        if self._aborts:
+            await asyncio.wait(set(self._aborts))
 
     # -- closing --------------------------------------------------------------------------
     def cancel_all(self) -> None:

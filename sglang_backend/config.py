@@ -41,6 +41,7 @@ _MANAGED_FLAGS: dict[str, str] = {
     "--host": "ServerConfig.host",
     "--port": "ServerConfig.port",
     "--api-key": "ServerConfig.api_key (or the model's api_key)",
+    "--admin-api-key": "ServerConfig.admin_api_key",
     # The library passes the key in a private --config file; a second file would be ignored.
     "--config": "ServerConfig fields and extra_args (the library writes its own --config file)",
 }
@@ -59,7 +60,17 @@ _TYPED_FLAGS: dict[str, tuple[str, ...]] = {
     "chat_template": ("--chat-template",),
     "tool_call_parser": ("--tool-call-parser",),
     "reasoning_parser": ("--reasoning-parser",),
+    "max_loras_per_batch": ("--max-loras-per-batch",),
+    "max_lora_rank": ("--max-lora-rank",),
 }
+
+# Typed options rendered by hand (a store_true flag, nargs lists): extra_args may not repeat them.
+_LORA_FLAGS: dict[str, tuple[str, ...]] = {
+    "enable_lora": ("--enable-lora",),
+    "lora_paths": ("--lora-paths",),
+    "lora_target_modules": ("--lora-target-modules",),
+}
+_ADAPTER_NAME_CHARS = frozenset("=:/ ")
 
 
 def _config_error(exc: ValidationError, what: str, allowed: list[str] | None = None) -> ConfigError:
@@ -160,6 +171,30 @@ class ServerConfig(BaseModel):
         default=None, min_length=1, description="Required for tool calls (e.g. qwen, llama3)."
     )
     reasoning_parser: str | None = Field(default=None, min_length=1)
+    enable_lora: bool | None = Field(
+        default=None,
+        description="Serve LoRA adapters (--enable-lora); implied by lora_paths. Needed to load"
+        " adapters at run time (load_lora_adapter).",
+    )
+    lora_paths: dict[str, str] = Field(
+        default_factory=dict,
+        description="Adapters loaded at launch, name -> path (--lora-paths NAME=PATH ...).",
+    )
+    max_loras_per_batch: int | None = Field(
+        default=None, ge=1, description="Adapters one batch may mix (--max-loras-per-batch)."
+    )
+    max_lora_rank: int | None = Field(
+        default=None, ge=1, description="Largest adapter rank to reserve for (--max-lora-rank)."
+    )
+    lora_target_modules: tuple[str, ...] = Field(
+        default=(),
+        description="Modules adapters may target (--lora-target-modules), e.g. q_proj v_proj.",
+    )
+    admin_api_key: SecretStr | None = Field(
+        default=None,
+        description="Key of SGLang's admin endpoints (--admin-api-key; abort, LoRA, weights,"
+        " memory, cache, pause); passed in the private --config file, never argv.",
+    )
     replicas: int = Field(
         default=1, ge=0, le=64,
         description="Local workers; > 1 (or any worker_urls / pd) puts a router in front."
@@ -217,6 +252,24 @@ class ServerConfig(BaseModel):
             raise ValueError("lists a worker twice")
         return urls
 
+    @field_validator("lora_paths")
+    @classmethod
+    def _adapter_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, path in value.items():
+            if not name or _ADAPTER_NAME_CHARS & set(name):
+                raise ValueError(f"adapter name {name!r} must be non-empty, without '=', ':', '/'"
+                                 " or spaces")
+            if not path or path.startswith("-"):
+                raise ValueError(f"adapter {name!r}: path must be non-empty, not a flag: {path!r}")
+        return value
+
+    @field_validator("lora_target_modules")
+    @classmethod
+    def _target_modules(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not module or module.startswith("-") for module in value):
+            raise ValueError("module names must be non-empty and not start with '-'")
+        return value
+
     @field_validator("served_model_name")
     @classmethod
     def _no_colon(cls, value: str | None) -> str | None:
@@ -233,9 +286,11 @@ class ServerConfig(BaseModel):
                     raise ValueError(
                         f"extra_args may not contain {flag}: the library sets it from {source}"
                     )
-            for field, flags in _TYPED_FLAGS.items():
+            for field, flags in {**_TYPED_FLAGS, **_LORA_FLAGS}.items():
                 if any(_spells(flag, name) for name in flags):
                     raise ValueError(f"extra_args may not contain {flag}: use ServerConfig.{field}")
+        if self.enable_lora is False and self.lora_paths:
+            raise ValueError("lora_paths needs LoRA: leave enable_lora unset or True")
         if self.nnodes is not None and self.node_rank is not None and self.node_rank >= self.nnodes:
             raise ValueError(f"node_rank ({self.node_rank}) must be < nnodes ({self.nnodes})")
         if (self.nnodes or 1) > 1 and not self.dist_init_addr:
@@ -293,7 +348,25 @@ class ServerConfig(BaseModel):
             value = values[field]
             if value is not None:
                 args += _flag(flags[0], str(value))
+        args += self.lora_args()
         args += list(self.extra_args)
+        return args
+
+    @property
+    def lora_enabled(self) -> bool:
+        """Whether the server serves LoRA adapters (``enable_lora`` or any ``lora_paths``)."""
+        return bool(self.enable_lora or self.lora_paths)
+
+    def lora_args(self) -> list[str]:
+        """SGLang's LoRA flags: ``--enable-lora``, ``--lora-paths NAME=PATH ...``,
+        ``--lora-target-modules M ...`` (the two numbers are in the typed flags)."""
+        args: list[str] = []
+        if self.lora_enabled:
+            args.append("--enable-lora")
+        if self.lora_paths:
+            args += ["--lora-paths", *(f"{name}={path}" for name, path in self.lora_paths.items())]
+        if self.lora_target_modules:
+            args += ["--lora-target-modules", *self.lora_target_modules]
         return args
 
     def command(
@@ -304,10 +377,13 @@ class ServerConfig(BaseModel):
             model_path, port=port, api_key=api_key, config_file=config_file
         )
 
-    @staticmethod
-    def secret_args(api_key: str) -> dict[str, str]:
-        """The flags that go into the private ``--config`` file instead of argv."""
-        return {"api-key": api_key}
+    def secret_args(self, api_key: str) -> dict[str, str]:
+        """The flags that go into the private ``--config`` file instead of argv: the API key
+        and, when set, the admin key."""
+        values = {"api-key": api_key}
+        if self.admin_api_key is not None:
+            values["admin-api-key"] = self.admin_api_key.get_secret_value()
+        return values
 
 
 class SGLangConfig(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -11,14 +12,14 @@ import warnings
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal, Protocol, TypeVar, overload
 
 import openai
 import pydantic
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ParsedChatCompletion
 
 from . import _http
-from ._lease import Lease, LeaseContext, RequestPath
+from ._lease import Lease, LeaseContext, RequestPath, admin_key, direct_urls
 from ._requests import build_response_format, check_messages, check_tools
 from ._translate import check_response
 from ._transport import LeasedAsyncTransport
@@ -28,8 +29,26 @@ from .errors import (
     InvalidRequestError,
     ModelClosedError,
     RequestError,
+    SGLangError,
     StructuredOutputError,
     ToolCallParserMissingError,
+)
+from .native import (
+    ADMIN_ENDPOINTS,
+    GenerateChunk,
+    GenerateRequest,
+    GenerateResult,
+    LoRAUpdateResult,
+    SamplingParams,
+    UpdateWeightsResult,
+    build_generate,
+    check_adapter_name,
+    check_memory_tags,
+    check_native,
+    check_rid,
+    new_rid,
+    parse_generate,
+    stream_error,
 )
 from .server import (
     Backend,
@@ -39,7 +58,7 @@ from .server import (
     ServerState,
 )
 
-__all__ = ["AsyncSGLangModel", "ChatStream", "SGLangTokenCounter"]
+__all__ = ["AsyncSGLangModel", "ChatStream", "GenerateStream", "SGLangTokenCounter"]
 
 logger = logging.getLogger("sglang_backend")
 
@@ -110,11 +129,14 @@ class ChatStream(AsyncIterator[ChatCompletionChunk]):
         model: AsyncSGLangModel,
         stream: openai.AsyncStream[ChatCompletionChunk],
         lease: Lease,
+        rid: str | None = None,
     ) -> None:
         self._model = model
         self._stream = stream
         self._iterator = stream.__aiter__()
         self._lease = lease
+        self._rid = rid
+        self._finished = False  # the server ended the stream (nothing left to abort)
         self._closed = False
         self._loop = asyncio.get_running_loop()
         model._streams.add(self)
@@ -134,6 +156,7 @@ class ChatStream(AsyncIterator[ChatCompletionChunk]):
         try:
             return await self._iterator.__anext__()
         except StopAsyncIteration:
+            self._finished = True
             await self.aclose()
             raise
         except asyncio.CancelledError:
@@ -142,6 +165,7 @@ class ChatStream(AsyncIterator[ChatCompletionChunk]):
                 raise ModelClosedError("the model was closed while streaming") from None
             raise
         except Exception as exc:
+            self._finished = True
             await self.aclose()
             if self._model._closed:
                 raise ModelClosedError("the model was closed while streaming") from exc
@@ -158,6 +182,8 @@ class ChatStream(AsyncIterator[ChatCompletionChunk]):
         self._closed = True
         self._model._streams.discard(self)
         self._lease.release()
+        if self._rid is not None and not self._finished:  # closed early: stop it on the server
+            self._model._path.abort_later(self._lease, self._rid)
         try:
             await self._stream.close()
         except Exception:  # closing a broken connection must not mask the real error
@@ -172,7 +198,9 @@ class ChatStream(AsyncIterator[ChatCompletionChunk]):
         warnings.warn("ChatStream was not closed; use `async with` or `await stream.aclose()`",
                       ResourceWarning, stacklevel=1)
         with contextlib.suppress(RuntimeError):  # the loop is already closed
-            self._loop.call_soon_threadsafe(_abandon, self._lease, self._stream)
+            self._loop.call_soon_threadsafe(_abandon, self._lease, self._stream,
+                                            None if self._finished else self._rid,
+                                            self._model._path)
 
     async def __aenter__(self) -> ChatStream:
         return self
@@ -184,6 +212,139 @@ class ChatStream(AsyncIterator[ChatCompletionChunk]):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+class GenerateStream(AsyncIterator[GenerateChunk]):
+    """An async iterator of :class:`~sglang_backend.native.GenerateChunk` over a ``/generate``
+    stream; also an async context manager.
+
+    It counts as in flight until it is exhausted or closed. Closed early (``aclose``, leaving
+    ``async with``, cancelling the consumer), the library aborts the request on the server by
+    its ``rid``. A ``data: {"error": ...}`` event becomes the library's typed error.
+    """
+
+    def __init__(self, model: AsyncSGLangModel, response: _http.httpx.Response, lease: Lease,
+                 rid: str) -> None:
+        self._model = model
+        self._response = response
+        self._lines = response.aiter_lines()
+        self._lease = lease
+        self.rid = rid
+        self._text = ""
+        self._finished = False
+        self._closed = False
+        self._loop = asyncio.get_running_loop()
+        model._streams.add(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __aiter__(self) -> GenerateStream:
+        return self
+
+    async def __anext__(self) -> GenerateChunk:
+        if self._closed:
+            if self._model._closed:
+                raise ModelClosedError("the model was closed while streaming")
+            raise StopAsyncIteration
+        try:
+            chunk = await self._next_chunk()
+        except StopAsyncIteration:
+            self._finished = True
+            await self.aclose()
+            raise
+        except asyncio.CancelledError:
+            await asyncio.shield(self.aclose())
+            if self._model._closed:
+                raise ModelClosedError("the model was closed while streaming") from None
+            raise
+        except SGLangError:
+            self._finished = True
+            await self.aclose()
+            raise
+        except Exception as exc:
+            self._finished = True
+            await self.aclose()
+            if self._model._closed:
+                raise ModelClosedError("the model was closed while streaming") from exc
+            error = await self._model._path.translate(self._lease, exc)
+            if error is None or error is exc:
+                raise
+            raise error from exc
+        return chunk
+
+    async def _next_chunk(self) -> GenerateChunk:
+        while True:
+            line = await self._lines.__anext__()
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                raise StopAsyncIteration
+            try:
+                body = json.loads(data)
+            except ValueError:
+                raise RequestError(f"/generate streamed an undecodable event: {data[:200]}") \
+                    from None
+            if isinstance(body, dict) and "error" in body:
+                raise stream_error(body)
+            try:
+                chunk = GenerateChunk.model_validate(body)
+            except pydantic.ValidationError as exc:
+                raise RequestError(f"/generate streamed an unexpected event: {data[:200]}",
+                                   body=body) from exc
+            text = chunk.text
+            delta = text[len(self._text):] if text.startswith(self._text) else text
+            self._text = text
+            return chunk.model_copy(update={"delta": delta})
+
+    async def aclose(self) -> None:
+        """Close the HTTP stream and release the request (idempotent); a stream closed before
+        its end is aborted on the server."""
+        if self._closed:
+            return
+        self._closed = True
+        self._model._streams.discard(self)
+        self._lease.release()
+        if not self._finished:
+            self._model._path.abort_later(self._lease, self.rid)
+        try:
+            await self._response.aclose()
+        except Exception:  # closing a broken connection must not mask the real error
+            logger.debug("error while closing a stream", exc_info=True)
+
+    def __del__(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        warnings.warn("GenerateStream was not closed; use `async with` or `await stream.aclose()`",
+                      ResourceWarning, stacklevel=1)
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            self._loop.call_soon_threadsafe(
+                _abandon, self._lease, _ResponseCloser(self._response),
+                None if self._finished else self.rid, self._model._path)
+
+    async def __aenter__(self) -> GenerateStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class _ResponseCloser:
+    __slots__ = ("_response",)
+
+    def __init__(self, response: _http.httpx.Response) -> None:
+        self._response = response
+
+    async def close(self) -> None:
+        await self._response.aclose()
 
 
 class AsyncSGLangModel:
@@ -260,7 +421,12 @@ class AsyncSGLangModel:
         self._closed = False
         self._path = RequestPath(self._get_backend, timeout=self._timeout,
                                  closed=lambda: self._closed)
-        self._streams: weakref.WeakSet[ChatStream] = weakref.WeakSet()
+        self._streams: weakref.WeakSet[ChatStream | GenerateStream] = weakref.WeakSet()
+        # LoRA adapters loaded at run time (name -> (path, pinned)), loaded again after every
+        # relaunch; launch-time adapters (lora_paths) unloaded since, unloaded again.
+        self._lora_loaded: dict[str, tuple[str, bool]] = {}
+        self._lora_unloaded: set[str] = set()
+        self._lora_hooked = False
         self._context_length: int | None = None
         self._forked_from: int | None = None
         _MODELS.add(self)
@@ -387,6 +553,281 @@ class AsyncSGLangModel:
         if self._context_length is None:
             raise RequestError("the server does not report its context length")
         return int(self._context_length)
+
+    # == SGLang's native endpoints (issue 18) ===========================================
+    # generate, abort, LoRA adapters, weights, cache, memory, pause. Each request is built
+    # and validated in sglang_backend.native before any I/O; here each is one `send`.
+    # Admin routes (native.ADMIN_ENDPOINTS) carry ServerConfig.admin_api_key when set, and go
+    # to every worker of a router group (routers do not forward them).
+
+    @overload
+    async def generate(
+        self,
+        text: str | list[str] | None = None,
+        *,
+        input_ids: list[int] | list[list[int]] | None = None,
+        sampling_params: SamplingParams | Mapping[str, Any] | None = None,
+        return_logprob: bool = False,
+        top_logprobs_num: int | None = None,
+        logprob_start_len: int | None = None,
+        lora_path: str | None = None,
+        rid: str | list[str] | None = None,
+        stream: Literal[False] = False,
+    ) -> GenerateResult | list[GenerateResult]: ...
+    @overload
+    async def generate(
+        self,
+        text: str | list[str] | None = None,
+        *,
+        input_ids: list[int] | list[list[int]] | None = None,
+        sampling_params: SamplingParams | Mapping[str, Any] | None = None,
+        return_logprob: bool = False,
+        top_logprobs_num: int | None = None,
+        logprob_start_len: int | None = None,
+        lora_path: str | None = None,
+        rid: str | list[str] | None = None,
+        stream: Literal[True],
+    ) -> GenerateStream: ...
+    async def generate(
+        self,
+        text: str | list[str] | None = None,
+        *,
+        input_ids: list[int] | list[list[int]] | None = None,
+        sampling_params: SamplingParams | Mapping[str, Any] | None = None,
+        return_logprob: bool = False,
+        top_logprobs_num: int | None = None,
+        logprob_start_len: int | None = None,
+        lora_path: str | None = None,
+        rid: str | list[str] | None = None,
+        stream: bool = False,
+    ) -> GenerateResult | list[GenerateResult] | GenerateStream:
+        """SGLang's native ``/generate``.
+
+        Args:
+            text: a prompt, or a list of prompts (a batch); or pass ``input_ids``.
+            input_ids: token ids (a list), or a list of lists (a batch).
+            sampling_params: :class:`~sglang_backend.native.SamplingParams` or a dict with
+                SGLang's names (``max_new_tokens``, ``temperature``, ``n``, ``regex``, …);
+                unknown keys raise :class:`InvalidRequestError` before any I/O.
+            return_logprob, top_logprobs_num, logprob_start_len: logprobs in ``meta_info``.
+            lora_path: the name of a loaded LoRA adapter to generate with.
+            rid: the request id (generated, 32 hex, unless given; a list for a batch). A
+                cancelled call is aborted on the server by it.
+            stream: return a :class:`GenerateStream` of chunks (one prompt, ``n=1``).
+
+        Returns:
+            a :class:`~sglang_backend.native.GenerateResult`; a list of them for a batch or
+            ``n > 1``; a :class:`GenerateStream` with ``stream=True``.
+        """
+        if self._closed:
+            raise ModelClosedError("the model is closed")
+        if lora_path is not None:
+            self._check_lora_on("lora_path")
+        request = build_generate(
+            text, input_ids=input_ids, sampling_params=sampling_params,
+            return_logprob=return_logprob, top_logprobs_num=top_logprobs_num,
+            logprob_start_len=logprob_start_len, lora_path=lora_path, rid=rid, stream=stream,
+            loaded_adapters=self._known_adapters(),
+        )
+        if request.stream:
+            return await self._generate_stream(request)
+
+        async def send(lease: Lease) -> Any:
+            return await lease.http.post(f"{lease.base_url}/generate", json=request.body,
+                                         headers=lease.headers, timeout=self._timeout)
+
+        response = check_native(await self._path.call(send, rid=request.rids))
+        return parse_generate(request, response.json())
+
+    async def _generate_stream(self, request: GenerateRequest) -> GenerateStream:
+        async def send(lease: Lease) -> _http.httpx.Response:
+            http = lease.http
+            response = await http.send(
+                http.build_request("POST", f"{lease.base_url}/generate", json=request.body,
+                                   headers=lease.headers, timeout=self._timeout),
+                stream=True,
+            )
+            if response.status_code >= 400:  # refused before streaming: a plain JSON error
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
+                check_native(response)
+            return response
+
+        response, lease = await self._path.open(send, rid=request.rids)
+        return GenerateStream(self, response, lease, request.rids[0])
+
+    async def abort(self, rid: str) -> None:
+        """Abort the request ``rid`` on the server (every worker behind a router)."""
+        rid = check_rid(rid)
+        if self._idle_launch():
+            return  # no server runs: nothing to abort
+        await self._path.call(lambda lease: self._path.abort(lease, {"rid": rid}))
+
+    async def abort_all(self) -> None:
+        """Abort every request the server runs (``abort_all``; every worker behind a router)."""
+        if self._idle_launch():
+            return
+        await self._path.call(
+            lambda lease: self._path.abort(lease, {"rid": "", "abort_all": True}))
+
+    # -- LoRA adapters --------------------------------------------------------------------
+    @property
+    def lora_adapters(self) -> dict[str, str]:
+        """The adapters this model believes loaded, name -> path: ``ServerConfig.lora_paths``
+        and those loaded with :meth:`load_lora_adapter`, less those unloaded."""
+        config = self._server_config
+        static = config.lora_paths if config is not None else {}
+        names = {n: p for n, p in static.items() if n not in self._lora_unloaded}
+        names.update({n: p for n, (p, _) in self._lora_loaded.items()})
+        return names
+
+    async def load_lora_adapter(self, name: str, path: str, pinned: bool = False) -> LoRAUpdateResult:
+        """Load a LoRA adapter (``/load_lora_adapter``); requests then select it by ``name``.
+
+        In launch mode it is loaded again after every relaunch (idle stop, crash) before the
+        first request is admitted. Needs ``ServerConfig(enable_lora=True)``.
+        """
+        if not isinstance(name, str) or not name or set(name) & set("=:/ "):
+            raise InvalidRequestError(
+                f"name must be a non-empty adapter name without '=', ':', '/' or spaces, got {name!r}")
+        if not isinstance(path, str) or not path:
+            raise InvalidRequestError(f"path must be a non-empty path or Hub id, got {path!r}")
+        if not isinstance(pinned, bool):
+            raise InvalidRequestError(f"pinned must be a bool, got {pinned!r}")
+        self._check_lora_on("load_lora_adapter")
+        data = await self._each_server(
+            "/load_lora_adapter", {"lora_name": name, "lora_path": path, "pinned": pinned})
+        result = LoRAUpdateResult.model_validate(data)
+        self._lora_loaded[name] = (path, pinned)
+        self._lora_unloaded.discard(name)
+        self._keep_adapters()
+        return result
+
+    async def unload_lora_adapter(self, name: str) -> LoRAUpdateResult:
+        """Unload a LoRA adapter (``/unload_lora_adapter``); it stays unloaded after relaunches."""
+        self._check_lora_on("unload_lora_adapter")
+        name = check_adapter_name(name, self._known_adapters())
+        data = await self._each_server("/unload_lora_adapter", {"lora_name": name})
+        result = LoRAUpdateResult.model_validate(data)
+        self._lora_loaded.pop(name, None)
+        config = self._server_config
+        if config is not None and name in config.lora_paths:
+            self._lora_unloaded.add(name)
+        self._keep_adapters()
+        return result
+
+    def _known_adapters(self) -> set[str] | None:
+        # Launch mode knows what it loaded; a server it connects to judges by itself.
+        return set(self.lora_adapters) if self._server_config is not None else None
+
+    def _check_lora_on(self, what: str) -> None:
+        config = self._server_config
+        if config is not None and not config.lora_enabled:
+            raise InvalidRequestError(
+                f"{what}: LoRA is off on this server; set ServerConfig(enable_lora=True) "
+                "(or lora_paths)")
+
+    def _keep_adapters(self) -> None:
+        server = self.server
+        if server is not None and not self._lora_hooked:
+            server.add_after_ready(self._restore_adapters)
+            self._lora_hooked = True
+
+    async def _restore_adapters(self, server: LaunchedServer) -> None:
+        """After a relaunch, before admission: the run-time adapter changes again."""
+        config = self._server_config
+        unload = sorted(self._lora_unloaded & set(config.lora_paths if config else {}))
+        if not (unload or self._lora_loaded):
+            return
+        key = admin_key(server) or server.api_key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        client = server.pool.client
+        for url in direct_urls(server):
+            for name in unload:
+                check_native(await client.post(f"{url}/unload_lora_adapter",
+                                               json={"lora_name": name}, headers=headers,
+                                               timeout=self._timeout))
+            for name, (path, pinned) in self._lora_loaded.items():
+                check_native(await client.post(
+                    f"{url}/load_lora_adapter",
+                    json={"lora_name": name, "lora_path": path, "pinned": pinned},
+                    headers=headers, timeout=self._timeout))
+
+    # -- weights, cache, memory, pause ------------------------------------------------------
+    async def update_weights_from_disk(self, model_path: str,
+                                       load_format: str | None = None) -> UpdateWeightsResult:
+        """Load new weights in place (``/update_weights_from_disk``). A relaunch loads the
+        launch ``model_path`` again."""
+        if not isinstance(model_path, str) or not model_path:
+            raise InvalidRequestError(f"model_path must be a non-empty path, got {model_path!r}")
+        body: dict[str, Any] = {"model_path": model_path}
+        if load_format is not None:
+            if not isinstance(load_format, str) or not load_format:
+                raise InvalidRequestError(f"load_format must be a non-empty str, got {load_format!r}")
+            body["load_format"] = load_format
+        return UpdateWeightsResult.model_validate(
+            await self._each_server("/update_weights_from_disk", body))
+
+    async def flush_cache(self) -> str:
+        """Flush the radix (prefix) cache (``/flush_cache``); refused (400) while requests run."""
+        return str(await self._each_server("/flush_cache", None))
+
+    async def server_info(self) -> dict[str, Any]:
+        """``/server_info``: the server's arguments and state."""
+        data = await self._native("/server_info", method="GET")
+        return dict(data) if isinstance(data, Mapping) else {"info": data}
+
+    async def model_info(self) -> dict[str, Any]:
+        """``/model_info``: the served model's path, type and capabilities."""
+        data = await self._native("/model_info", method="GET")
+        return dict(data) if isinstance(data, Mapping) else {"info": data}
+
+    async def pause_generation(self, mode: Literal["abort", "retract", "in_place"] = "abort") -> None:
+        """Pause the scheduler (``/pause_generation``); ``mode`` says what happens to running
+        requests (SGLang's default ``abort`` aborts them)."""
+        if mode not in ("abort", "retract", "in_place"):
+            raise InvalidRequestError(f"mode must be abort, retract or in_place, got {mode!r}")
+        await self._each_server("/pause_generation", {"mode": mode})
+
+    async def continue_generation(self) -> None:
+        """Resume a paused scheduler (``/continue_generation``)."""
+        await self._each_server("/continue_generation", {})
+
+    async def release_memory_occupation(self, tags: list[str] | None = None) -> None:
+        """Release GPU memory (``kv_cache``, ``weights``, ``cuda_graph``; None: all) while the
+        process stays up; generation waits until :meth:`resume_memory_occupation`."""
+        await self._each_server("/release_memory_occupation", check_memory_tags(tags))
+
+    async def resume_memory_occupation(self, tags: list[str] | None = None) -> None:
+        """Take the memory released by :meth:`release_memory_occupation` back."""
+        await self._each_server("/resume_memory_occupation", check_memory_tags(tags))
+
+    async def _each_server(self, path: str, body: Mapping[str, Any] | None) -> Any:
+        """POST to every server of the lease (each worker of a router group), with the admin
+        key on admin routes; the first server's decoded answer."""
+        if self._closed:
+            raise ModelClosedError("the model is closed")
+
+        async def send(lease: Lease) -> list[Any]:
+            headers = lease.admin_headers if path in ADMIN_ENDPOINTS else lease.headers
+            return list(await asyncio.gather(*(
+                lease.http.post(f"{url}{path}", json=body, headers=headers, timeout=self._timeout)
+                for url in lease.direct_urls)))
+
+        responses = [check_native(r) for r in await self._path.call(send)]
+        try:
+            return responses[0].json()
+        except ValueError:
+            return responses[0].text
+
+    def _idle_launch(self) -> bool:
+        """Launch mode with no server running (an abort then has nothing to stop)."""
+        server = self.server
+        if self._server_config is None:
+            return False
+        return server is None or server.state is not ServerState.READY
 
     # -- observable state --------------------------------------------------------------
     @property
@@ -629,27 +1070,30 @@ class AsyncSGLangModel:
             kwargs["tools"] = tool_list
         if wire_format is not None:
             kwargs["response_format"] = wire_format
-        if self._extra_body:
-            kwargs["extra_body"] = self._extra_body
+        # Every request carries a rid, so a cancelled one can be aborted on the server.
+        rid = self._extra_body.get("rid") or new_rid()
+        if self._extra_body.get("lora_path") is not None:
+            check_adapter_name(self._extra_body["lora_path"], self._known_adapters())
+        kwargs["extra_body"] = {**self._extra_body, "rid": rid}
         if streaming:
             kwargs["stream"] = True
             kwargs["stream_options"] = {"include_usage": True}
-            return await self._open_stream(kwargs)
-        completion = await self._request(kwargs)
+            return await self._open_stream(kwargs, rid)
+        completion = await self._request(kwargs, rid)
         if parse_into is not None:
             return _parse(completion, parse_into)
         return completion
 
-    async def _request(self, kwargs: dict[str, Any]) -> ChatCompletion:
+    async def _request(self, kwargs: dict[str, Any], rid: str | None = None) -> ChatCompletion:
         async def send(lease: Lease) -> ChatCompletion:
             completion: ChatCompletion = await self._openai(lease).chat.completions.create(
                 model=self._request_model, **kwargs
             )
             return completion
 
-        return await self._path.call(send)
+        return await self._path.call(send, rid=rid)
 
-    async def _open_stream(self, kwargs: dict[str, Any]) -> ChatStream:
+    async def _open_stream(self, kwargs: dict[str, Any], rid: str | None = None) -> ChatStream:
         async def send(lease: Lease) -> openai.AsyncStream[ChatCompletionChunk]:
             stream: openai.AsyncStream[ChatCompletionChunk] = (
                 await self._openai(lease).chat.completions.create(
@@ -658,8 +1102,8 @@ class AsyncSGLangModel:
             )
             return stream
 
-        stream, lease = await self._path.open(send)
-        return ChatStream(self, stream, lease)
+        stream, lease = await self._path.open(send, rid=rid)
+        return ChatStream(self, stream, lease, rid)
 
     async def _tokenize(
         self, body: dict[str, Any], messages: list[Mapping[str, Any]] | None = None
@@ -703,6 +1147,10 @@ def _remember_pid() -> None:
 os.register_at_fork(before=_remember_pid, after_in_child=_forget_models_after_fork)
 
 
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
 async def _warm_up_request_path() -> None:
     """Run one request through throwaway clients against a closed port (in a worker thread).
 
@@ -741,8 +1189,11 @@ _SAMPLE_CHUNK: dict[str, Any] = {
 }
 
 
-def _abandon(lease: Lease, stream: openai.AsyncStream[ChatCompletionChunk]) -> None:
+def _abandon(lease: Lease, stream: _Closable, rid: str | None = None,
+             path: RequestPath | None = None) -> None:
     lease.release()
+    if rid is not None and path is not None:
+        path.abort_later(lease, rid)
     task = asyncio.ensure_future(stream.close())
     task.add_done_callback(lambda t: t.cancelled() or t.exception())
 

@@ -30,7 +30,7 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -353,6 +353,7 @@ class LaunchedServer(Backend):
         self._stop_task: asyncio.Task[None] | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._launches = 0
+        self._after_ready: list[Callable[[LaunchedServer], Awaitable[None]]] = []
         self._watchdog = InactivityWatchdog(config.inactivity_timeout, self._idle_stop)
         # The key reaches the server through this file, never argv (see _secrets).
         self._secret_file = PrivateArgsFile(config.secret_args(self.api_key))
@@ -437,6 +438,12 @@ class LaunchedServer(Backend):
             self.state = ServerState.FAILED
             self.error = exc
 
+    def add_after_ready(self, hook: Callable[[LaunchedServer], Awaitable[None]]) -> None:
+        """Run ``await hook(server)`` after every launch and relaunch, once the server answers
+        and before the state becomes READY (so before any request is admitted). A failing
+        hook fails the start."""
+        self._after_ready.append(hook)
+
     # -- start ------------------------------------------------------------------------
     async def _start(self) -> None:
         if self._cleanup is not None:  # a crash's cleanup (tree kill, fresh pool) goes first
@@ -459,6 +466,8 @@ class LaunchedServer(Backend):
                 process = await self._launch_group()
             else:
                 process = await self._launch_single()
+            for hook in self._after_ready:  # e.g. LoRA adapters again; before any admission
+                await hook(self)
         except BaseException as exc:
             # Failed, timed out or cancelled: nothing of the half-started tree may survive.
             if self.process is not None:

@@ -15,11 +15,11 @@ import queue
 import threading
 import warnings
 import weakref
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from types import TracebackType
-from typing import Any, Literal, ParamSpec, TypeVar, overload
+from typing import Any, Generic, Literal, ParamSpec, Protocol, TypeVar, cast, overload
 
 import anyio
 import openai
@@ -30,15 +30,28 @@ from ._lease import Lease
 from ._transport import LeasedSyncTransport
 from .config import ServerConfig
 from .errors import ModelClosedError
-from .model import AsyncSGLangModel, ChatStream, ModelT
+from .model import AsyncSGLangModel, ChatStream, GenerateStream, ModelT
+from .native import GenerateChunk, GenerateResult, LoRAUpdateResult, SamplingParams, UpdateWeightsResult
 from .server import EventCallback, LaunchedServer, ServerState
 
-__all__ = ["SGLangModel", "SyncChatStream", "SyncTokenCounter"]
+__all__ = ["SGLangModel", "SyncChatStream", "SyncGenerateStream", "SyncTokenCounter"]
 
 _WAKE_INTERVAL = 0.2
 _CANCEL_WAIT = 10.0
 P = ParamSpec("P")
 T = TypeVar("T")
+ItemT = TypeVar("ItemT")
+ItemT_co = TypeVar("ItemT_co", covariant=True)
+StreamT = TypeVar("StreamT", bound="_SyncStream[Any]")
+
+
+class _AsyncStream(Protocol[ItemT_co]):
+    """What the blocking streams read: ChatStream, GenerateStream."""
+
+    @property
+    def closed(self) -> bool: ...
+    def __aiter__(self) -> AsyncIterator[ItemT_co]: ...
+    async def aclose(self) -> None: ...
 
 
 class _Portal:
@@ -243,15 +256,15 @@ class _Failure:
         self.exc = exc
 
 
-class SyncChatStream(Iterator[ChatCompletionChunk]):
-    """A plain iterator of ``ChatCompletionChunk``; breaking out of the loop closes it.
+class _SyncStream(Iterator[ItemT], Generic[ItemT]):
+    """A plain iterator over an async stream of the model; breaking out of the loop closes it.
 
     A task on the model's loop reads the stream ahead into a thread-safe queue, so each chunk
     costs one queue hand-off instead of a loop round trip. Ctrl-C while waiting for a chunk
     closes the stream (the model stays usable).
     """
 
-    def __init__(self, portal: _Portal, stream: ChatStream) -> None:
+    def __init__(self, portal: _Portal, stream: _AsyncStream[ItemT]) -> None:
         self._portal = portal
         self._stream = stream
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -271,10 +284,10 @@ class SyncChatStream(Iterator[ChatCompletionChunk]):
         else:
             put(_END)
 
-    def __iter__(self) -> SyncChatStream:
+    def __iter__(self: StreamT) -> StreamT:
         return self
 
-    def __next__(self) -> ChatCompletionChunk:
+    def __next__(self) -> ItemT:
         if self._finished:
             raise StopIteration
         try:
@@ -302,7 +315,7 @@ class SyncChatStream(Iterator[ChatCompletionChunk]):
         if not self._stream.closed:
             self._portal.call(self._stream.aclose)
 
-    def __enter__(self) -> SyncChatStream:
+    def __enter__(self: StreamT) -> StreamT:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -311,6 +324,22 @@ class SyncChatStream(Iterator[ChatCompletionChunk]):
     def __del__(self) -> None:
         # Dropped mid-way (a `break`): stop reading; the read-ahead task closes the stream.
         self._reader.cancel()
+
+
+class SyncChatStream(_SyncStream[ChatCompletionChunk]):
+    """A plain iterator of ``ChatCompletionChunk``; breaking out of the loop closes it."""
+
+    def __init__(self, portal: _Portal, stream: ChatStream) -> None:
+        super().__init__(portal, stream)
+
+
+class SyncGenerateStream(_SyncStream[GenerateChunk]):
+    """A plain iterator of :class:`~sglang_backend.native.GenerateChunk` (``/generate``
+    streamed); closed early, the request is aborted on the server."""
+
+    def __init__(self, portal: _Portal, stream: GenerateStream) -> None:
+        super().__init__(portal, stream)
+        self.rid = stream.rid
 
 
 class SyncTokenCounter:
@@ -488,6 +517,117 @@ class SGLangModel:
     def context_length(self) -> int:
         """Blocking :meth:`AsyncSGLangModel.context_length`."""
         return self._runtime.portal.call(self._async.context_length)
+
+    # == SGLang's native endpoints (blocking twins; see AsyncSGLangModel) ==================
+    @overload
+    def generate(
+        self,
+        text: str | list[str] | None = None,
+        *,
+        input_ids: list[int] | list[list[int]] | None = None,
+        sampling_params: SamplingParams | Mapping[str, Any] | None = None,
+        return_logprob: bool = False,
+        top_logprobs_num: int | None = None,
+        logprob_start_len: int | None = None,
+        lora_path: str | None = None,
+        rid: str | list[str] | None = None,
+        stream: Literal[False] = False,
+    ) -> GenerateResult | list[GenerateResult]: ...
+    @overload
+    def generate(
+        self,
+        text: str | list[str] | None = None,
+        *,
+        input_ids: list[int] | list[list[int]] | None = None,
+        sampling_params: SamplingParams | Mapping[str, Any] | None = None,
+        return_logprob: bool = False,
+        top_logprobs_num: int | None = None,
+        logprob_start_len: int | None = None,
+        lora_path: str | None = None,
+        rid: str | list[str] | None = None,
+        stream: Literal[True],
+    ) -> SyncGenerateStream: ...
+    def generate(
+        self,
+        text: str | list[str] | None = None,
+        *,
+        input_ids: list[int] | list[list[int]] | None = None,
+        sampling_params: SamplingParams | Mapping[str, Any] | None = None,
+        return_logprob: bool = False,
+        top_logprobs_num: int | None = None,
+        logprob_start_len: int | None = None,
+        lora_path: str | None = None,
+        rid: str | list[str] | None = None,
+        stream: bool = False,
+    ) -> GenerateResult | list[GenerateResult] | SyncGenerateStream:
+        """Blocking :meth:`AsyncSGLangModel.generate` (a :class:`SyncGenerateStream` when
+        streaming)."""
+        # Both overloads at once: `stream` is only known at run time.
+        generate = cast("Callable[..., Awaitable[GenerateResult | list[GenerateResult] | "
+                        "GenerateStream]]", self._async.generate)
+        result = self._runtime.portal.call(
+            generate, text, input_ids=input_ids, sampling_params=sampling_params,
+            return_logprob=return_logprob, top_logprobs_num=top_logprobs_num,
+            logprob_start_len=logprob_start_len, lora_path=lora_path, rid=rid, stream=stream,
+        )
+        if isinstance(result, GenerateStream):
+            return SyncGenerateStream(self._runtime.portal, result)
+        return result
+
+    def abort(self, rid: str) -> None:
+        """Blocking :meth:`AsyncSGLangModel.abort`."""
+        self._runtime.portal.call(self._async.abort, rid)
+
+    def abort_all(self) -> None:
+        """Blocking :meth:`AsyncSGLangModel.abort_all`."""
+        self._runtime.portal.call(self._async.abort_all)
+
+    @property
+    def lora_adapters(self) -> dict[str, str]:
+        """The adapters the model believes loaded (see :attr:`AsyncSGLangModel.lora_adapters`)."""
+        return self._async.lora_adapters
+
+    def load_lora_adapter(self, name: str, path: str, pinned: bool = False) -> LoRAUpdateResult:
+        """Blocking :meth:`AsyncSGLangModel.load_lora_adapter`."""
+        return self._runtime.portal.call(self._async.load_lora_adapter, name, path, pinned)
+
+    def unload_lora_adapter(self, name: str) -> LoRAUpdateResult:
+        """Blocking :meth:`AsyncSGLangModel.unload_lora_adapter`."""
+        return self._runtime.portal.call(self._async.unload_lora_adapter, name)
+
+    def update_weights_from_disk(self, model_path: str,
+                                 load_format: str | None = None) -> UpdateWeightsResult:
+        """Blocking :meth:`AsyncSGLangModel.update_weights_from_disk`."""
+        return self._runtime.portal.call(self._async.update_weights_from_disk, model_path,
+                                         load_format)
+
+    def flush_cache(self) -> str:
+        """Blocking :meth:`AsyncSGLangModel.flush_cache`."""
+        return self._runtime.portal.call(self._async.flush_cache)
+
+    def server_info(self) -> dict[str, Any]:
+        """Blocking :meth:`AsyncSGLangModel.server_info`."""
+        return self._runtime.portal.call(self._async.server_info)
+
+    def model_info(self) -> dict[str, Any]:
+        """Blocking :meth:`AsyncSGLangModel.model_info`."""
+        return self._runtime.portal.call(self._async.model_info)
+
+    def pause_generation(self, mode: Literal["abort", "retract", "in_place"] = "abort") -> None:
+        """Blocking :meth:`AsyncSGLangModel.pause_generation`."""
+        self._runtime.portal.call(self._async.pause_generation, mode)
+
+    def continue_generation(self) -> None:
+        """Blocking :meth:`AsyncSGLangModel.continue_generation`."""
+        self._runtime.portal.call(self._async.continue_generation)
+
+    def release_memory_occupation(self, tags: list[str] | None = None) -> None:
+        """Blocking :meth:`AsyncSGLangModel.release_memory_occupation`."""
+        self._runtime.portal.call(self._async.release_memory_occupation, tags)
+
+    def resume_memory_occupation(self, tags: list[str] | None = None) -> None:
+        """Blocking :meth:`AsyncSGLangModel.resume_memory_occupation`."""
+        self._runtime.portal.call(self._async.resume_memory_occupation, tags)
 
     @property
     def token_counter(self) -> Any:
