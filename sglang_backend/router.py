@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
+import math
 import sys
 import time
 import urllib.parse
@@ -230,7 +231,10 @@ class RouterGroup:
             args += ["--policy", config.router_policy]
         args += ["--host", config.host, "--port", str(self._router_port),
                  "--prometheus-host", config.router_metrics_host,
-                 "--prometheus-port", str(metrics_port), *_HEALTH_FLAGS, "--log-level", "warn"]
+                 "--prometheus-port", str(metrics_port), *_HEALTH_FLAGS, "--log-level", "warn",
+                 # Drain within our own grace (their default, 180 s, outlives shutdown_timeout).
+                 "--shutdown-grace-period-secs",
+                 str(max(1, math.ceil(config.shutdown_timeout) - 1))]
         if self.kind == "smg":
             args += _SMG_ONLY_FLAGS
         return args

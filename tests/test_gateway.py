@@ -81,6 +81,7 @@ async def test_router_flags_judged_by_the_routers_own_parsers() -> None:
     assert parsed.health_failure_threshold == 2
     assert parsed.remove_unhealthy_workers is False
     assert parsed.policy == "round_robin"
+    assert parsed.shutdown_grace_period_secs == 9  # inside shutdown_timeout (10 s)
     command, env = group.router_command(8009)
     assert env == {KEY_ENV: "k"}
     assert "--api-key" not in " ".join(command)
