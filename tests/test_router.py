@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from sglang_backend import AsyncSGLangModel, ServerConfig, ServerEvent, ServerState
+from sglang_backend.errors import ConfigError
 from sglang_backend.router import RouterGroup
 
 from .conftest import MODEL, read_events
@@ -108,3 +109,21 @@ async def test_group_idle_stop_and_relaunch(standin: Standin) -> None:
         reply = await model.run([{"role": "user", "content": "wake up"}])
         assert reply.choices[0].message.content
         assert model.server.launches == 2
+
+
+def test_group_shapes_validated() -> None:
+    remote = ServerConfig(replicas=0, worker_urls=["http://10.0.0.5:30000/"])
+    assert remote.worker_urls == ("http://10.0.0.5:30000",)
+    assert remote.is_group
+    assert remote.local_replicas == 0
+    assert ServerConfig(worker_urls=["https://gpu-box:443"]).is_group  # 1 local + 1 remote
+    assert not ServerConfig().is_group
+    for bad in ({"replicas": 0},
+                {"worker_urls": ["10.0.0.5:30000"]},
+                {"worker_urls": ["http://10.0.0.5"]},
+                {"worker_urls": ["http://user:pw@10.0.0.5:1"]},
+                {"worker_urls": ["http://a:1", "http://a:1/"]},
+                {"router": "nginx"},
+                {"replicas": 1, "router_policy": "round_robin"}):  # fmt: skip
+        with pytest.raises(ConfigError):
+            ServerConfig(**bad)
