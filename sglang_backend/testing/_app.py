@@ -439,7 +439,7 @@ def build_app(state: ServerState) -> FastAPI:
             completion_tokens = 0
             reasoning_tokens = 0
             for index in range(req.n):
-                gen = decode_chat(req, plan, index)
+                gen = await off_loop(plan.sampled, decode_chat, req, plan, index)
                 await pace(gen.completion_tokens)
                 completion_tokens += gen.completion_tokens
                 reasoning_tokens += reasoning_token_count(gen, plan.thinking)
@@ -504,7 +504,7 @@ def build_app(state: ServerState) -> FastAPI:
                 req.stream_options and req.stream_options.include_usage
             )
             for index in range(req.n):
-                gen = decode_chat(req, plan, index)
+                gen = await off_loop(plan.sampled, decode_chat, req, plan, index)
                 completion_tokens += gen.completion_tokens
                 reasoning_tokens += reasoning_token_count(gen, plan.thinking)
 
@@ -671,7 +671,7 @@ def build_app(state: ServerState) -> FastAPI:
 
         if req.stream:
             return StreamingResponse(
-                state.watch(rid, stream_completions(req, plans, rid, crash, decode, choice_logprobs)),
+                state.watch(rid, stream_completions(req, plans, rid, crash, decode, choice_logprobs, sampled)),
                 media_type="text/event-stream",
             )
         state.enter(rid, "completion", request)
@@ -681,7 +681,7 @@ def build_app(state: ServerState) -> FastAPI:
             index = 0
             for prompt, prompt_tokens, candidate in plans:
                 for _ in range(req.n):
-                    gen = decode(prompt_tokens, candidate, index)
+                    gen = await off_loop(sampled, decode, prompt_tokens, candidate, index)
                     await pace(gen.completion_tokens)
                     completion_tokens += gen.completion_tokens
                     text = (prompt + gen.text) if req.echo else gen.text
@@ -717,6 +717,7 @@ def build_app(state: ServerState) -> FastAPI:
         crash: bool,
         decode: Callable[[int, str, int], Generation],
         choice_logprobs: Callable[[str, Generation, int, int | None], dict[str, Any] | None],
+        sampled: bool,
     ) -> AsyncIterator[bytes]:
         state.enter(rid, "completion")
         try:
@@ -726,7 +727,7 @@ def build_app(state: ServerState) -> FastAPI:
             index = 0
             for prompt, prompt_tokens, candidate in plans:
                 for _ in range(req.n):
-                    gen = decode(prompt_tokens, candidate, index)
+                    gen = await off_loop(sampled, decode, prompt_tokens, candidate, index)
                     completion_tokens += gen.completion_tokens
                     last = len(gen.pieces) - 1
                     for step, piece in enumerate(gen.pieces):
@@ -787,6 +788,13 @@ def build_app(state: ServerState) -> FastAPI:
         allow_headers=["*"],
     )
     return app
+
+
+async def off_loop(sampled: bool, decode: Callable[..., Generation], *args: Any) -> Generation:
+    """Run a decode; the grammar engine's (tens of ms) in a worker thread, off the event loop."""
+    if not sampled:
+        return decode(*args)
+    return await asyncio.to_thread(decode, *args)
 
 
 def _mentioned_tools(req: ChatCompletionRequest, text: str) -> list[str]:

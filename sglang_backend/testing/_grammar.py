@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ _WORDS = (
     "the a an and of to is it I will answer wrote words"
 )
 _ALTERNATIVES = 4
+_WORD = re.compile(r" ?\w+")
+_BITS = tuple(tuple(bit for bit in range(8) if byte >> bit & 1) for byte in range(256))
 _DROPPED = -30.0  # score of tokens the model does not consider (tiny but non-zero mass)
 
 
@@ -158,9 +161,29 @@ def decode(
     text = ""
     position = 0  # how much of the target has been said
     steps: list[tuple[int, TokenLogprob]] = []
-    for step in range(max_steps):
+    step = 0
+    while step < max_steps:
+        forced = matcher.compute_ff_bytes()
+        if forced:
+            # text the grammar leaves no choice about: said with certainty, longest tokens first
+            for token in vocab.llg.greedy_tokenize(forced.decode("utf-8", errors="surrogateescape")):
+                if step >= max_steps or not matcher.consume_token(token):
+                    break
+                piece = vocab.texts[token]
+                steps.append((len(text), TokenLogprob(token, piece, 0.0, ((token, piece, 0.0),))))
+                text += piece
+                if target.startswith(piece, position):
+                    position += len(piece)
+                step += 1
+            if matcher.is_error():
+                raise GrammarError(matcher.get_error())
+            if matcher.is_stopped():
+                return Decoded(text, steps, True)
+            continue
+        step += 1
         mask = matcher.compute_bitmask()
-        allowed = [i for i in range(len(vocab.tokens)) if mask[i >> 3] >> (i & 7) & 1]
+        allowed = [8 * i + bit for i, byte in enumerate(mask) if byte for bit in _BITS[byte]]
+        allowed = [t for t in allowed if t < len(vocab.tokens)]
         if not allowed:
             return Decoded(text, steps, True)
         scores = _scores(vocab, allowed, target[position:], text, step)
@@ -179,6 +202,10 @@ def decode(
         text += piece
         if target.startswith(piece, position):
             position += len(piece)
+        elif _WORD.match(piece):
+            # another word instead of the target's next one: carry on after that word
+            word = _WORD.match(target, position)
+            position = word.end() if word else position
         if matcher.is_stopped():
             return Decoded(text, steps, True)
     return Decoded(text, steps, False)
@@ -192,12 +219,17 @@ def _scores(vocab: _Vocab, allowed: list[int], rest: str, text: str, step: int) 
     salt = (len(text) * 40503 + step * 2654435761 + sum(map(ord, text[-8:]))) & 0xFFFFFFFF
     # a model rarely breaks lines or pads JSON on a whim: no such alternatives
     spoken = [t for t in allowed if t == vocab.eos or _plain(vocab.texts[t])]
+    if preferred is not None:
+        spoken = [t for t in spoken if _WORD.match(vocab.texts[t])]
     alternatives = sorted(spoken, key=lambda t: (t * 2246822519 + salt) & 0xFFFFFFFF)[:_ALTERNATIVES]
     if preferred is not None:
         scores[slot[preferred]] = 0.0
-        for rank, token in enumerate(alternatives):
-            if token != preferred:
-                scores[slot[token]] = -2.0 - rank
+        if _WORD.match(rest):
+            # the model hesitates over words and numbers, never over syntax
+            words = [t for t in alternatives if _WORD.match(vocab.texts[t])]
+            for rank, token in enumerate(words):
+                if token != preferred:
+                    scores[slot[token]] = -2.0 - rank
         return scores
     # target exhausted or off the grammar: end if allowed, else structure (punctuation)
     # before content, so that random walks through a grammar terminate
@@ -205,11 +237,11 @@ def _scores(vocab: _Vocab, allowed: list[int], rest: str, text: str, step: int) 
         scores[slot[token]] = -3.0 - rank
     marks = [t for t in allowed if t < 128 and chr(t) in string.punctuation]
     for rank, token in enumerate(sorted(marks, key=lambda t: (t * 2246822519 + salt) & 0xFFFFFFFF)):
-        scores[slot[token]] = -0.5 - 0.5 * rank
+        scores[slot[token]] = -1.5 - 0.5 * rank
     for mark in ('"', "}", "]", ")"):
         closer = slot.get(ord(mark))
         if closer is not None:
-            scores[closer] = max(scores[closer], -0.25)
+            scores[closer] = 0.0
     if vocab.eos in slot:
         scores[slot[vocab.eos]] = 0.0
     return scores
