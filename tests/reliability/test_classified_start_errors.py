@@ -60,3 +60,30 @@ async def test_start_failure_is_classified_from_the_real_text(standin: Standin, 
     assert exc.hint
     assert exc.hint in str(exc)
     assert exc.hint == (entry.hint or error.default_hint)
+
+
+async def test_sglang_missing_in_another_python_is_classified_from_cpythons_own_text() -> None:
+    """A launch command the pre-launch check cannot see into (``env python3``): the real
+    interpreter's runpy message at exit is recognised."""
+    import importlib.util
+    import shutil
+    import subprocess
+
+    python = shutil.which("python3")
+    if python is None:
+        pytest.skip("no python3 on PATH")
+    probe = subprocess.run([python, "-c", "import importlib.util as u; print(u.find_spec('sglang'))"],
+                           capture_output=True, text=True, check=False, timeout=30)
+    if probe.stdout.strip() != "None" or importlib.util.find_spec("sglang") is not None:
+        pytest.skip("SGLang is installed")
+    config = ServerConfig(launch_command=("/usr/bin/env", "python3", "-m", "sglang.launch_server"),
+                          startup_timeout=60, env={"HF_HUB_OFFLINE": "1"})  # no download phase
+    model = AsyncSGLangModel(MODEL, server=config)
+    try:
+        with pytest.raises(SGLangNotInstalledError) as info:
+            await model.start()
+    finally:
+        await model.aclose()
+    assert info.value.returncode == 1
+    assert info.value.evidence is not None
+    assert info.value.evidence.endswith("(ModuleNotFoundError: No module named 'sglang')")
