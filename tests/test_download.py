@@ -240,3 +240,23 @@ async def test_a_model_downloads_then_starts_its_server_offline(
     text = out.getvalue()
     assert "Downloading org/tiny" in text
     assert f"{len(FILES)}/{len(FILES)} files" in text
+
+
+async def test_an_unreachable_hub_fails_before_launch_with_a_network_hint(
+    hf_home: Path,
+) -> None:
+    from sglang_backend import ServerStartError
+
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    config = ServerConfig(env={"HF_ENDPOINT": f"http://127.0.0.1:{dead.getsockname()[1]}",
+                               "HF_HOME": str(hf_home)})
+    try:
+        with pytest.raises(ServerStartError, match="failed before launch") as info:
+            await prepare_model("org/tiny", config)
+    finally:
+        dead.close()
+    assert type(info.value) is ServerStartError
+    assert info.value.hint is not None
+    assert "HF_ENDPOINT" in info.value.hint
+    assert info.value.returncode is None  # nothing was launched
