@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -381,3 +383,35 @@ def test_the_facade_generates_and_streams(standin: Standin) -> None:
         assert chunks[-1].finish_reason is not None
         assert model.lora_adapters == {}
         assert isinstance(model.server_info(), dict)
+
+
+# -- the docs page's examples run as written --------------------------------------------------
+DOC = Path(__file__).resolve().parents[1] / "docs" / "native-api.md"
+DOC_EXPECTS = [
+    ["batch: 3", "n=2: 2", "finish: "],
+    ["cancelled", "finish: abort"],
+    ["loaded: {'sql': '/adapters/sql'}", "after relaunch: ", " ready"],
+    ["flush: Cache flushed.", "model: "],
+]
+
+
+def _doc_blocks() -> list[str]:
+    text = DOC.read_text(encoding="utf-8")
+    return [part.split("```", 1)[0] for part in text.split("```python\n")[1:]]
+
+
+def test_the_docs_page_has_the_examples_checked_here() -> None:
+    assert len(_doc_blocks()) == len(DOC_EXPECTS)
+
+
+@pytest.mark.parametrize("index", range(len(DOC_EXPECTS)))
+def test_docs_example_runs_against_the_standin(index: int, tmp_path: Path) -> None:
+    script = tmp_path / f"example_{index}.py"
+    script.write_text(_doc_blocks()[index], encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+        check=False, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for expected in DOC_EXPECTS[index]:
+        assert expected in result.stdout, result.stdout
