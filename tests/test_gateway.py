@@ -6,7 +6,6 @@ Real smg processes, real stand-in workers, real HTTP; nothing is mocked.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import time
 from collections import Counter
@@ -22,6 +21,7 @@ from sglang_backend._router_launch import KEY_ENV
 from sglang_backend._topology import DecodeWorker, PDTopology, PrefillWorker
 from sglang_backend.router import RouterGroup, resolve_router
 
+from ._net import wait_healthy
 from .conftest import MODEL, read_events
 from .standin.conftest import StandinFactory
 
@@ -38,17 +38,6 @@ def remote(tmp_path: Path) -> Iterator[StandinFactory]:
     (tmp_path / "remote").mkdir()
     yield factory
     factory.close()
-
-
-async def _healthy(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(timeout=5) as http:
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if (await http.get(url + "/health")).status_code == 200:
-                    return
-            await asyncio.sleep(0.2)
-    raise AssertionError(f"{url} never became healthy")
 
 
 def _group(model: AsyncSGLangModel) -> RouterGroup:
@@ -174,7 +163,7 @@ async def test_workers_elsewhere_added_listed_removed(
     key = secrets.token_hex(16)
     far = remote.launch(api_key=key, wait=False)
     later = remote.launch(api_key=key, wait=False)
-    await asyncio.gather(_healthy(far.base_url), _healthy(later.base_url))
+    await asyncio.gather(wait_healthy(far.base_url), wait_healthy(later.base_url))
     events: list[ServerEvent] = []
     config = standin(replicas=1, worker_urls=[far.base_url], api_key=key,
                      router_policy="round_robin")
@@ -223,7 +212,7 @@ async def test_workers_elsewhere_added_listed_removed(
 async def test_remote_only_group(remote: StandinFactory, standin: Standin) -> None:
     key = secrets.token_hex(16)
     workers = [remote.launch(api_key=key, wait=False) for _ in range(2)]
-    await asyncio.gather(*(_healthy(w.base_url) for w in workers))
+    await asyncio.gather(*(wait_healthy(w.base_url) for w in workers))
     config = standin(replicas=0, worker_urls=[w.base_url for w in workers], api_key=key,
                      router_policy="round_robin")
     async with AsyncSGLangModel(MODEL, server=config) as model:

@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 
 from sglang_backend import AsyncSGLangModel, ServerConfig, ServerEvent
-from sglang_backend._http import httpx
 from sglang_backend.router import RouterGroup
 from sglang_backend.testing import standin_command
 
+from ._net import wait_healthy
 from .conftest import MODEL
 
 pytest.importorskip("smg.launch_router", reason="needs smg ([router] extra)")
@@ -124,24 +124,13 @@ def hosts(tmp_path: Path) -> Iterator[list[Host]]:
         assert not any(h.netns in left for h in made), left
 
 
-async def _healthy(url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(timeout=5, trust_env=False) as http:
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if (await http.get(url + "/health")).status_code == 200:
-                    return
-            await asyncio.sleep(0.2)
-    raise AssertionError(f"{url} never became healthy")
-
-
 async def test_workers_in_three_namespaces_behind_smg(hosts: list[Host]) -> None:
     key = secrets.token_hex(16)
     first, second, third = hosts
     first.start(key)
     second.start(key, "--standin-token-delay", "0.05")  # slow enough to be drained mid-stream
     third.start(key)
-    await asyncio.gather(*(_healthy(h.url) for h in hosts))
+    await asyncio.gather(*(wait_healthy(h.url) for h in hosts))
 
     events: list[ServerEvent] = []
     config = ServerConfig(replicas=0, worker_urls=[first.url, second.url], api_key=key,
