@@ -44,6 +44,7 @@ if TYPE_CHECKING:
         SamplingParams,
         UpdateWeightsResult,
     )
+    from .pool import ModelPool
     from .server import ServerEvent, ServerState
     from .sync import SGLangModel
 
@@ -56,6 +57,7 @@ _LAZY = {
     **dict.fromkeys(("GenerateChunk", "GenerateResult", "LoRAUpdateResult", "MetaInfo",
                      "SamplingParams", "UpdateWeightsResult"), ".native"),
     **dict.fromkeys(("ServerEvent", "ServerState"), ".server"),
+    "ModelPool": ".pool",
     "SGLangModel": ".sync",
 }
 
@@ -95,6 +97,7 @@ __all__ = [
     "ModelAccessError",
     "ModelClosedError",
     "ModelNotFoundError",
+    "ModelPool",
     "PortInUseError",
     "RequestError",
     "RequestTimeoutError",
