@@ -431,7 +431,7 @@ def build_app(state: ServerState) -> FastAPI:
         rid = req.rid or uuid.uuid4().hex
         if req.stream:
             return StreamingResponse(
-                state.watch(rid, stream_chat(req, plan, rid, crash)), media_type="text/event-stream"
+                state.watch(rid, stream_chat(req, plan, rid, crash), request), media_type="text/event-stream"
             )
         state.enter(rid, "chat", request)
         try:
@@ -671,7 +671,9 @@ def build_app(state: ServerState) -> FastAPI:
 
         if req.stream:
             return StreamingResponse(
-                state.watch(rid, stream_completions(req, plans, rid, crash, decode, choice_logprobs, sampled)),
+                state.watch(
+                    rid, stream_completions(req, plans, rid, crash, decode, choice_logprobs, sampled), request
+                ),
                 media_type="text/event-stream",
             )
         state.enter(rid, "completion", request)

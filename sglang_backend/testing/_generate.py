@@ -424,7 +424,8 @@ def register(app: FastAPI, state: ServerState) -> None:
             # One streamed output (the first); SGLang interleaves batch streams by index.
             first = items[0]
             return StreamingResponse(
-                state.watch(first.rid, stream(first, crash, started, ask)), media_type="text/event-stream"
+                state.watch(first.rid, stream(first, crash, started, ask), request),
+                media_type="text/event-stream",
             )
         for item in items:
             state.enter(item.rid, "generate", request)

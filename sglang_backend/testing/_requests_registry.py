@@ -29,6 +29,9 @@ ABORT_FINISH: dict[str, Any] = {
 }
 
 
+_RECENT = 1024  # finished requests remembered for a late disconnect
+
+
 def new_rid() -> str:
     """A fresh request id as SGLang makes them (32 hex digits)."""
     return uuid.uuid4().hex
@@ -54,6 +57,7 @@ class RequestRegistry:
     def __init__(self, events: EventLog, on_request: Callable[[], bool] | None = None) -> None:
         self._events = events
         self._running: dict[str, RunningRequest] = {}
+        self._recent: dict[str, RunningRequest] = {}
         # Whether a new registration writes its ``request`` line (False once crashing).
         self._on_request = on_request
 
@@ -69,8 +73,25 @@ class RequestRegistry:
         return running
 
     def finish(self, rid: str) -> None:
-        """Forget *rid* (it finished, normally or not)."""
-        self._running.pop(rid, None)
+        """Forget *rid* (it finished, normally or not); remember it briefly for ``disconnected``."""
+        running = self._running.pop(rid, None)
+        if running is not None:
+            self._recent[rid] = running
+            while len(self._recent) > _RECENT:
+                self._recent.pop(next(iter(self._recent)))
+
+    def disconnected(self, rid: str) -> None:
+        """The client of stream *rid* went away before its end: abort it.
+
+        A cancelled stream is unwound from the inside, so the request may already be
+        unregistered here; it was still cut short, and gets its ``abort`` line.
+        """
+        if self.abort(rid, reason="disconnect"):
+            return
+        running = self._recent.get(rid)
+        if running is not None and not running.aborted:
+            running.abort_event.set()
+            self._events.write("abort", rid=rid, reason="disconnect")
 
     @contextlib.contextmanager
     def running(self, rid: str, kind: str, *, log: bool = True) -> Any:
@@ -97,11 +118,10 @@ class RequestRegistry:
             for r, running in self._running.items()
             if not running.aborted and (abort_all or (rid is not None and r.startswith(rid)))
         ]
+        # One ``abort`` line per request actually stopped: a finished or unknown rid leaves none.
         for r in hit:
             self._running[r].abort_event.set()
             self._events.write("abort", rid=r, reason=reason)
-        if not hit:
-            self._events.write("abort", rid=rid, reason=reason, running=False, abort_all=abort_all)
         return hit
 
     async def wait(self, rid: str, seconds: float) -> bool:

@@ -95,16 +95,25 @@ class ServerState:
         self.inflight -= 1
         self.registry.finish(rid)
 
-    async def watch(self, rid: str, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """Stream *chunks*; if the client goes away first, abort *rid* as SGLang does."""
+    async def watch(
+        self, rid: str, chunks: AsyncIterator[bytes], request: Request | None = None
+    ) -> AsyncIterator[bytes]:
+        """Stream *chunks*; if the client goes away first, abort *rid* as SGLang does.
+
+        uvicorn drops writes to a closed connection silently, so the disconnect is polled
+        on *request* between chunks (a cancelled stream counts as a disconnect too).
+        """
         done = False
         try:
             async for chunk in chunks:
+                if request is not None and await request.is_disconnected():
+                    break
                 yield chunk
-            done = True
+            else:
+                done = True
         finally:
             if not done:
-                self.registry.abort(rid, reason="disconnect")
+                self.registry.disconnected(rid)
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()

@@ -190,7 +190,7 @@ async def test_abort_all_ends_every_kind(http: httpx.AsyncClient, admin: httpx.A
 
 async def test_abort_request_body_and_unknown_rid(admin: httpx.AsyncClient, server: Standin) -> None:
     assert (await admin.post("/abort_request", json={"rid": "nobody-has-this"})).status_code == 200
-    assert any(e["rid"] == "nobody-has-this" and e.get("running") is False for e in _events(server, "abort"))
+    assert not any(e["rid"] == "nobody-has-this" for e in _events(server, "abort"))  # nothing was stopped
     listed = await admin.post("/abort_request", json={"rid": ["a", "b"]})
     assert listed.status_code == 422  # AbortReq.rid is a string in 0.5.23
 
