@@ -48,6 +48,8 @@ async def test_round_robin_over_two_standins(standins: StandinFactory, tmp_path:
             "--host", "127.0.0.1",
             "--port", str(port),
             "--log-level", "warn",
+            # Its default is 0.0.0.0:29000: every interface, and one router per host.
+            "--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port()),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
