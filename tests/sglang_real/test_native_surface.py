@@ -7,24 +7,25 @@
   unknown ``sampling_params`` key is the stand-in's.
 * ``/v1/embeddings``: ``EmbeddingResponse`` (no undeclared keys); bodies we accept validate
   as ``EmbeddingRequest``.
-* LoRA, weights, abort: answer keys are the fields of io_struct's output structs;
+* LoRA, weights, abort: answer keys are the fields of io_struct's structs (read from its
+  source with ``ast``: importing io_struct needs transformers, absent on this CPU install);
   ``/abort_request`` refuses what ``AbortRequest`` refuses.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
 import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 from sglang.api.v1 import api_types
 from sglang.srt.entrypoints.openai import protocol
-from sglang.srt.managers import io_struct
 from sglang.srt.utils.server_args_config_parser import ConfigArgumentMerger
 
 from sglang_backend import _http
@@ -32,7 +33,7 @@ from sglang_backend.testing._cli import build_parser
 from sglang_backend.testing._config import merge_config
 from tests.standin.conftest import Standin, StandinFactory
 
-from .conftest import judge, sglang_parser
+from .conftest import SGLANG_DIR, judge, sglang_parser
 
 
 @pytest.fixture(scope="module")
@@ -191,29 +192,51 @@ def test_embedding_error_is_sglangs(embedder: Any) -> None:
 # --------------------------------------------------------------------------- admin bodies
 
 
-def _fields(struct: type[msgspec.Struct]) -> set[str]:
-    return {f.name for f in msgspec.structs.fields(struct)}
+@functools.cache
+def _io_structs() -> dict[str, tuple[set[str], list[str]]]:
+    """io_struct's classes: their annotated field names and their base class names."""
+    tree = ast.parse((SGLANG_DIR / "srt/managers/io_struct.py").read_text())
+    found: dict[str, tuple[set[str], list[str]]] = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            names = {
+                item.target.id
+                for item in node.body
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+            }
+            found[node.name] = (names, [b.id for b in node.bases if isinstance(b, ast.Name)])
+    return found
+
+
+def _fields(name: str) -> set[str]:
+    """The fields of io_struct class *name*, inherited ones included."""
+    own, bases = _io_structs()[name]
+    out = set(own)
+    for base in bases:
+        if base in _io_structs():
+            out |= _fields(base)
+    return out
 
 
 def test_lora_answers_carry_lorupdateoutput_fields(native: Any) -> None:
     body = {"lora_name": "second", "lora_path": "/a/second", "pinned": True}
-    assert set(body) <= _fields(io_struct.LoadLoRAAdapterReqInput)
+    assert set(body) <= _fields("LoadLoRAAdapterReqInput")
     loaded = native.post("/load_lora_adapter", json=body).json()
-    assert set(loaded) == _fields(io_struct.LoRAUpdateOutput)
+    assert set(loaded) == _fields("LoRAUpdateOutput")
     unloaded = native.post("/unload_lora_adapter", json={"lora_name": "second"}).json()
-    assert set(unloaded) == _fields(io_struct.LoRAUpdateOutput)
+    assert set(unloaded) == _fields("LoRAUpdateOutput")
 
 
 def test_admin_bodies_are_io_struct_fields(native: Any) -> None:
     update = {"model_path": "/m", "load_format": "auto", "weight_version": "v9"}
-    assert set(update) <= _fields(io_struct.UpdateWeightFromDiskReqInput)
+    assert set(update) <= _fields("UpdateWeightFromDiskReqInput")
     assert set(native.post("/update_weights_from_disk", json=update).json()) == {
         "success", "message", "num_paused_requests",
     }  # fmt: skip
-    assert {"tags"} <= _fields(io_struct.ReleaseMemoryOccupationReqInput)
-    assert {"tags"} <= _fields(io_struct.ResumeMemoryOccupationReqInput)
-    assert {"mode"} <= _fields(io_struct.PauseGenerationReqInput)
-    assert {"rid", "abort_all"} <= _fields(io_struct.AbortReq)
+    assert {"tags"} <= _fields("ReleaseMemoryOccupationReqInput")
+    assert {"tags"} <= _fields("ResumeMemoryOccupationReqInput")
+    assert {"mode"} <= _fields("PauseGenerationReqInput")
+    assert {"rid", "abort_all"} <= _fields("AbortReq")
 
 
 def test_abort_refuses_what_the_contract_refuses(native: Any) -> None:
