@@ -77,10 +77,13 @@ async def test_a_lease_keeps_the_watchdog_off(standin: Standin) -> None:
 
 
 async def test_lease_translates_errors_raised_in_the_block(model: AsyncSGLangModel) -> None:
-    with pytest.raises(AuthenticationError, match="Unauthorized"):
+    async def unauthenticated_tokenize() -> None:
         async with model.lease() as lease:
             response = await lease.http.post(f"{lease.base_url}/tokenize", json={"prompt": "x"})
-            response.raise_for_status()
+            response.raise_for_status()  # no key sent: 401, translated on the way out
+
+    with pytest.raises(AuthenticationError, match="Unauthorized"):
+        await unauthenticated_tokenize()
 
 
 def test_sync_lease_admits_and_releases(standin: Standin) -> None:
@@ -226,7 +229,8 @@ async def test_ps_shows_no_key_while_a_launched_server_serves(model: AsyncSGLang
     assert (await model.run(HELLO)).choices  # the key works ...
     assert key not in _argv_of_every_process()  # ... and no process's argv shows it
     server = model.server
-    assert server is not None and server.process is not None
+    assert server is not None
+    assert server.process is not None
     assert "--config" in server.process.command
 
 
@@ -234,13 +238,13 @@ async def test_the_key_file_is_private_and_removed_when_the_server_stops(
     model: AsyncSGLangModel,
 ) -> None:
     server = model.server
-    assert server is not None and server.process is not None
+    assert server is not None
+    assert server.process is not None
     path = Path(server.process.command[server.process.command.index("--config") + 1])
-    assert path.stat().st_mode & 0o777 == 0o600
-    assert path.parent.stat().st_mode & 0o777 == 0o700
+    assert (await asyncio.to_thread(path.stat)).st_mode & 0o777 == 0o600
+    assert (await asyncio.to_thread(path.parent.stat)).st_mode & 0o777 == 0o700
     await model.stop()
-    assert not path.exists()
-    assert not path.parent.exists()
+    assert not await asyncio.to_thread(path.parent.exists)  # the file with its directory
 
 
 async def test_no_repr_or_str_shows_the_key(standin: Standin) -> None:

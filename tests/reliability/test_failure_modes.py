@@ -43,7 +43,8 @@ async def test_a_crash_loop_backs_off_instead_of_launching_for_every_request(
         assert model.server is not None
         assert model.server.launches <= 3  # not 20
         backoffs = [e for e in events if e.kind == "start_backoff"]
-        assert backoffs and backoffs[0].detail["retry_in"] == 30
+        assert backoffs
+        assert backoffs[0].detail["retry_in"] == 30
         launches = model.server.launches
         with pytest.raises(ServerStartError):
             await model.start()  # an explicit start tries at once
