@@ -422,6 +422,7 @@ def build_app(state: ServerState) -> FastAPI:
         if crash and not req.stream:
             await state.crash_now()
         try:
+            state.loras.check(req.model, getattr(req, "lora_path", None))  # "base:adapter"
             plan = plan_chat(req)
         except _BadRequest as exc:
             if crash:
@@ -612,6 +613,7 @@ def build_app(state: ServerState) -> FastAPI:
             await state.crash_now()
         prompts = _prompt_texts(req.prompt)
         try:
+            state.loras.check(req.model, getattr(req, "lora_path", None))  # "base:adapter"
             check_sampling(req.temperature, req.top_p, req.max_tokens)
             sampling = sampling_for(req.temperature, req.top_p, req.top_k, req.min_p, req.seed, req.n)
             try:

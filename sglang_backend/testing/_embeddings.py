@@ -23,7 +23,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sglang_backend.testing import _tokenizer as tok
-from sglang_backend.testing._lora import LoraError, parse_model
+from sglang_backend.testing._lora import parse_model
 from sglang_backend.testing._protocol import validation_message
 from sglang_backend.testing._replies import BadRequest, JSONResponse, json_body, native_error, openai_error
 from sglang_backend.testing._requests_registry import new_rid
@@ -147,8 +147,8 @@ def register(app: FastAPI, state: ServerState) -> None:
                     state.loras.require(name)
             for ids in lists:
                 check_length(ids)
-        except (BadRequest, LoraError) as exc:
-            return openai_error(exc.message if isinstance(exc, BadRequest) else str(exc))
+        except BadRequest as exc:
+            return openai_error(exc.message)
         rid = req.rid if isinstance(req.rid, str) else new_rid()
         state.enter(rid, "embedding", request)
         try:

@@ -40,7 +40,6 @@ from sglang_backend.testing._engine import (
     sampling_for,
     think_text,
 )
-from sglang_backend.testing._lora import LoraError
 from sglang_backend.testing._replies import DONE, BadRequest, JSONResponse, native_error, sse
 from sglang_backend.testing._requests_registry import ABORT_FINISH, new_rid
 from sglang_backend.testing._sampling import SamplingParams, TokenLogprob, native_logprobs
@@ -410,10 +409,10 @@ def register(app: FastAPI, state: ServerState) -> None:
             if crash:
                 await state.crash_now()
             return JSONResponse({"error": str(exc)}, status_code=400)
-        except (BadRequest, LoraError) as exc:
+        except BadRequest as exc:
             if crash:
                 await state.crash_now()
-            message = exc.message if isinstance(exc, BadRequest) else str(exc)
+            message = exc.message
             if is_stream:
                 return StreamingResponse(errors(message), media_type="text/event-stream")
             return native_error(message)

@@ -18,14 +18,14 @@ from fastapi.responses import Response
 
 from sglang_backend.testing._cli import StandinArgs
 from sglang_backend.testing._events import EventLog
-from sglang_backend.testing._replies import JSONResponse
+from sglang_backend.testing._replies import BadRequest, JSONResponse
 
 __all__ = ["LoraError", "LoraRegistry", "parse_model", "register"]
 
 _NOT_ENABLED = "LoRA is not enabled. Please set `--enable-lora` to enable LoRA."
 
 
-class LoraError(ValueError):
+class LoraError(BadRequest):
     """A request names an adapter that cannot be used (400 with this message)."""
 
 
@@ -119,6 +119,14 @@ class LoraRegistry:
             )
         self.loaded[name] = ref
         self._events.write("load_lora", name=name, implicit=True)
+
+    def check(self, model: str, lora_path: Any = None) -> None:
+        """An OpenAI request's adapter: ``model="base:adapter"`` first, else ``lora_path``."""
+        _, adapter = parse_model(model)
+        names = [adapter] if adapter is not None else lora_path
+        for name in names if isinstance(names, list) else [names]:
+            if isinstance(name, str) and name:
+                self.require(name)
 
     def cards(self, base: str, created: int) -> list[dict[str, Any]]:
         """``/v1/models`` entries of the adapters (``parent`` is the base model)."""

@@ -363,3 +363,19 @@ async def test_generate_seeded_sampling_and_regex(http: httpx.AsyncClient) -> No
         )
     ).json()
     assert regex["text"].split("</think>")[-1].strip().isdigit()
+
+
+async def test_chat_and_completions_select_adapters_by_model(http: httpx.AsyncClient) -> None:
+    ok = await http.post(
+        "/v1/chat/completions",
+        json={"model": f"{MODEL}:first", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+    )
+    assert ok.status_code == 200
+    bad = await http.post(
+        "/v1/chat/completions",
+        json={"model": "base:missing", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert bad.status_code == 400
+    assert bad.json()["message"].startswith("Got LoRA adapter that has never been loaded: missing")
+    completion = await http.post("/v1/completions", json={"model": "base:missing", "prompt": "hi"})
+    assert completion.status_code == 400
