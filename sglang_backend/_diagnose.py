@@ -247,6 +247,16 @@ def _own_python(command: Sequence[str]) -> bool:
         return False
 
 
+def _sglang_importable_here(config: ServerConfig) -> bool:
+    """This interpreter launches real SGLang and can import it (blocking)."""
+    command = config.resolved_launch_command
+    if not is_sglang_command(command):
+        return False
+    if config.launch_command is not None and not _own_python(command):
+        return False
+    return importlib.util.find_spec("sglang") is not None
+
+
 @functools.cache
 def _parser_names() -> tuple[frozenset[str] | None, frozenset[str] | None]:
     """SGLang's tool-call and reasoning parser names (None where they cannot be read).
@@ -285,8 +295,14 @@ def _check_parsers(
             )
 
 
-def _find_sglang() -> bool:
-    return importlib.util.find_spec("sglang") is not None
+def _sglang_missing(config: ServerConfig) -> bool:
+    """The default-style command runs this interpreter and it has no ``sglang`` (blocking)."""
+    command = config.resolved_launch_command
+    if "sglang.launch_server" not in command:
+        return False
+    if config.launch_command is not None and not _own_python(command):
+        return False  # another interpreter: its exit text is classified instead
+    return importlib.util.find_spec("sglang") is None
 
 
 async def check_before_launch(
@@ -307,15 +323,15 @@ async def check_before_launch(
       bounded by ``download_timeout``; returns ``{"HF_HUB_OFFLINE": "1"}`` once complete.
     """
     command = config.resolved_launch_command
-    ours = config.launch_command is None or _own_python(command)
-    if ours and "sglang.launch_server" in command:
-        if not await asyncio.to_thread(_find_sglang):
-            raise SGLangNotInstalledError(
-                f"SGLang is not installed in {command[0]}",
-                evidence=f"{command[0]}: No module named 'sglang'",
-            )
-        if config.tool_call_parser is not None or config.reasoning_parser is not None:
-            _check_parsers(config, *await asyncio.to_thread(_parser_names))
+    if await asyncio.to_thread(_sglang_missing, config):
+        raise SGLangNotInstalledError(
+            f"SGLang is not installed in {command[0]}",
+            evidence=f"{command[0]}: No module named 'sglang'",
+        )
+    if (config.tool_call_parser is not None or config.reasoning_parser is not None) and (
+        await asyncio.to_thread(_sglang_importable_here, config)
+    ):
+        _check_parsers(config, *await asyncio.to_thread(_parser_names))
     if download is None:
         download = is_sglang_command(command)
     if not download:
