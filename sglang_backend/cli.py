@@ -309,7 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
         "to SGLang unchanged.",
         usage=f"{PROG} serve --model-path M [options] [SGLang flags ...]",
     )
-    serve.add_argument("--model-path", "--model", dest="model_path", required=True)
+    what = serve.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model-path", "--model", dest="model_path")
+    what.add_argument("--pool", metavar="FILE", help="serve a pool of models (docs/pool.md)")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="HTTP port (default: a free one)")
     serve.add_argument("--api-key", default=os.environ.get("SGLANG_API_KEY"),
@@ -670,6 +672,9 @@ async def _keep_alive_on_traffic(model: AsyncSGLangModel, period: float) -> None
 
 
 async def _serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    if args.pool:
+        from ._cli_pool import serve_pool
+        return await serve_pool(args, extra)
     extra = list(extra)
     if args.idle_timeout is not None and not any(
         a.split("=", 1)[0] == "--enable-metrics" for a in extra
