@@ -16,7 +16,10 @@ from fastapi.responses import PlainTextResponse, Response
 from sglang_backend.testing._replies import JSONResponse
 from sglang_backend.testing._state import ServerState
 
-__all__ = ["register"]
+__all__ = ["ALL_MEMORY_TAGS", "register"]
+
+#: ``GPU_MEMORY_ALL_TYPES``: what no (or an empty) ``tags`` means.
+ALL_MEMORY_TAGS = ("kv_cache", "weights", "cuda_graph")
 
 _FLUSHED = (
     "Cache flushed.\nPlease check backend logs for more details. "
@@ -88,20 +91,29 @@ def register(app: FastAPI, state: ServerState) -> None:
         tags = (await _body(request)).get("tags")
         return [str(t) for t in tags] if isinstance(tags, list) else None
 
+    # SGLang's scheduler asserts it is idle on release and removes each resumed tag from its
+    # offloaded set: either failure is an exception in the scheduler, which takes the whole
+    # server down. Without --enable-memory-saver (the stand-in has none) the release frees
+    # nothing, so generation goes on normally while "released".
+
     @app.api_route("/release_memory_occupation", methods=["GET", "POST"])
     async def release_memory_occupation(request: Request) -> Response:
         tags = await tags_of(request)
-        state.released.update(tags or ["weights", "kv_cache", "cuda_graph"])
+        if state.inflight > 0:
+            await state.crash_now(
+                "AssertionError: release_memory_occupation should be called only when server is idle."
+            )
+        state.released.update(tags or ALL_MEMORY_TAGS)
         events.write("release_memory", tags=tags)
         return JSONResponse(None)
 
     @app.api_route("/resume_memory_occupation", methods=["GET", "POST"])
     async def resume_memory_occupation(request: Request) -> Response:
         tags = await tags_of(request)
-        if tags is None:
-            state.released.clear()
-        else:
-            state.released.difference_update(tags)
+        for tag in tags or ALL_MEMORY_TAGS:
+            if tag not in state.released:
+                await state.crash_now(f"KeyError: {tag!r}")
+            state.released.discard(tag)
         events.write("resume_memory", tags=tags)
         return JSONResponse(None)
 

@@ -118,9 +118,12 @@ class ServerState:
             if aclose is not None:
                 await aclose()
 
-    async def crash_now(self) -> None:
-        """Trigger the simulated scheduler crash and never return."""
-        logger.error("Stand-in: crashing on request %d (--standin-crash-after)", self.requests_seen)
+    async def crash_now(self, reason: str | None = None) -> None:
+        """Trigger the simulated scheduler crash and never return (*reason*: what the scheduler hit)."""
+        if reason is None:
+            logger.error("Stand-in: crashing on request %d (--standin-crash-after)", self.requests_seen)
+        else:
+            logger.error("Scheduler hit an exception: %s", reason)
         if self.crash is not None:
             self.crash()
         await asyncio.sleep(3.0)  # the child's SIGQUIT normally ends us long before this

@@ -379,3 +379,21 @@ async def test_chat_and_completions_select_adapters_by_model(http: httpx.AsyncCl
     assert bad.json()["message"].startswith("Got LoRA adapter that has never been loaded: missing")
     completion = await http.post("/v1/completions", json={"model": "base:missing", "prompt": "hi"})
     assert completion.status_code == 400
+
+
+async def test_memory_calls_that_crash_sglangs_scheduler(standins: StandinFactory) -> None:
+    server = standins.launch("--skip-server-warmup", "--standin-token-delay", "0.05")
+    async with httpx.AsyncClient(base_url=server.base_url, headers=server.headers, timeout=30) as client:
+        assert (await client.post("/release_memory_occupation", json={})).status_code == 200  # all tags
+        assert (
+            await client.post("/resume_memory_occupation", json={"tags": ["kv_cache", "weights"]})
+        ).status_code == 200
+        # generation is not blocked while (only) cuda_graph is released: SGLang without a memory saver
+        reply = await client.post("/generate", json={"text": "x", "sampling_params": {"max_new_tokens": 2}})
+        assert reply.status_code == 200
+        # resuming a tag that is not released is a KeyError in SGLang's scheduler: the server dies
+        with pytest.raises(httpx.HTTPError):
+            await client.post("/resume_memory_occupation", json={"tags": ["kv_cache"]})
+    code = await asyncio.to_thread(server.proc.wait, 15)
+    assert code != 0
+    assert "Scheduler hit an exception: KeyError: 'kv_cache'" in server.stderr()
