@@ -140,6 +140,11 @@ def register(app: FastAPI, state: ServerState) -> None:
         try:
             if not state.is_embedding:
                 raise BadRequest(NOT_EMBEDDING)
+            if req.dimensions is not None:  # the imitated model is not a Matryoshka model
+                raise BadRequest(
+                    f"Model '{state.model_path}' does not support matryoshka representation, "
+                    "changing output dimensions will lead to poor results."
+                )
             _, adapter = parse_model(req.model)
             lora = adapter or req.lora_path
             for name in lora if isinstance(lora, list) else [lora]:

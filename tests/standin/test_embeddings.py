@@ -91,6 +91,15 @@ async def test_embedding_validation(http: httpx.AsyncClient, body: dict[str, obj
     }
 
 
+async def test_dimensions_refused_without_matryoshka(http: httpx.AsyncClient) -> None:
+    reply = await http.post("/v1/embeddings", json={"input": "a", "dimensions": 64})
+    assert reply.status_code == 400
+    assert reply.json()["message"] == (
+        f"Model '{MODEL}' does not support matryoshka representation, "
+        "changing output dimensions will lead to poor results."
+    )
+
+
 async def test_openai_sdk_embeddings(embedder: Standin) -> None:
     async with openai.AsyncOpenAI(base_url=f"{embedder.base_url}/v1", api_key=embedder.api_key) as client:
         result = await client.embeddings.create(model="m", input=["one", "two"])
