@@ -146,7 +146,8 @@ def test_failing_server_start_is_one_readable_paragraph() -> None:
     assert "the server exited during start with exit code 1" in block[0]
     assert "  | [" in "\n".join(block)
     assert any(line.startswith("  | ") and message in line for line in block)
-    assert "--api-key '***'" in "\n".join(block)  # the command is shown, the key masked
+    assert "--config " in "\n".join(block)  # the command is shown; the key is in the file
+    assert "--api-key" not in "\n".join(block)
     assert "Try:" in "\n".join(block)
     debug = run_cli("--debug", "chat", "--model-path", MODEL, "--launch-command", LAUNCH,
                     f"--server-arg=--standin-fail-at-load={message}", "hi")

@@ -105,7 +105,7 @@ async def test_fail_at_load_every_waiter_gets_the_typed_error_and_retry_relaunch
             await model.run(HELLO)
         assert info.value.returncode == 1
         assert model.server.launches == 2
-        assert not model._tasks  # failed calls do not stay registered
+        assert model.request_path.calls_in_progress == 0  # failed calls do not stay registered
         assert not _still_running(events_file)
     finally:
         await model.aclose()
