@@ -21,12 +21,13 @@ rule: the probability of the piece given the context).
 
 from __future__ import annotations
 
+import codecs
 import json
 import random
 import re
 import string
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal
 
@@ -52,7 +53,9 @@ _WORDS = (
     "the a an and of to is it I will answer wrote words"
 )
 _ALTERNATIVES = 4
+_Top = tuple[tuple[int, str, float], ...]
 _WORD = re.compile(r" ?\w+")
+_WORD_BYTES = re.compile(rb" ?\w+")
 _BITS = tuple(tuple(bit for bit in range(8) if byte >> bit & 1) for byte in range(256))
 _DROPPED = -30.0  # score of tokens the model does not consider (tiny but non-zero mass)
 
@@ -153,65 +156,98 @@ def decode(
     max_steps: int,
     top_logprobs: int = 0,
 ) -> Decoded:
-    """Sample up to *max_steps* tokens allowed by *grammar*, preferring *target*."""
+    """Sample up to *max_steps* tokens allowed by *grammar*, preferring *target*.
+
+    Tokens are bytes (a character outside ASCII may take several); the text is their
+    incremental UTF-8 decoding.
+    """
     vocab = _vocab()
     matcher = llguidance.LLMatcher(vocab.llg, grammar, log_level=0)
     if matcher.is_error():
         raise GrammarError(matcher.get_error())
-    text = ""
-    position = 0  # how much of the target has been said
-    steps: list[tuple[int, TokenLogprob]] = []
+    wanted = target.encode()
+    state = _Progress(codecs.getincrementaldecoder("utf-8")(errors="replace"))
     step = 0
     while step < max_steps:
         forced = matcher.compute_ff_bytes()
         if forced:
             # text the grammar leaves no choice about: said with certainty, longest tokens first
-            for token in vocab.llg.greedy_tokenize(forced.decode("utf-8", errors="surrogateescape")):
+            for token in _spell(vocab, forced):
                 if step >= max_steps or not matcher.consume_token(token):
                     break
-                piece = vocab.texts[token]
-                steps.append((len(text), TokenLogprob(token, piece, 0.0, ((token, piece, 0.0),))))
-                text += piece
-                if target.startswith(piece, position):
-                    position += len(piece)
+                entry = state.say(vocab, token, wanted, 0.0, ((token, vocab.texts[token], 0.0),))
+                state.steps.append(entry)
                 step += 1
             if matcher.is_error():
                 raise GrammarError(matcher.get_error())
             if matcher.is_stopped():
-                return Decoded(text, steps, True)
+                return state.done(True)
             continue
         step += 1
         mask = matcher.compute_bitmask()
         allowed = [8 * i + bit for i, byte in enumerate(mask) if byte for bit in _BITS[byte]]
         allowed = [t for t in allowed if t < len(vocab.tokens)]
         if not allowed:
-            return Decoded(text, steps, True)
-        scores = _scores(vocab, allowed, target[position:], text, step)
+            return state.done(True)
+        scores = _scores(vocab, allowed, wanted[state.position :], state.text, step)
         index, logprobs = sample(scores, params, rng)
         token = allowed[index]
         top: tuple[tuple[int, str, float], ...] = ()
         if top_logprobs:
             best = sorted(range(len(allowed)), key=lambda i: (-logprobs[i], i))[:top_logprobs]
             top = tuple((allowed[i], vocab.texts[allowed[i]], logprobs[i]) for i in best)
-        steps.append((len(text), TokenLogprob(token, vocab.texts[token], logprobs[index], top)))
         if token == vocab.eos:
-            return Decoded(text, steps, True)
+            state.steps.append((len(state.text), TokenLogprob(token, "", logprobs[index], top)))
+            return state.done(True)
         if not matcher.consume_token(token):
             raise GrammarError(matcher.get_error())
-        piece = vocab.texts[token]
-        text += piece
-        if target.startswith(piece, position):
-            position += len(piece)
+        state.steps.append(state.say(vocab, token, wanted, logprobs[index], top))
+        if matcher.is_stopped():
+            return state.done(True)
+    return state.done(False)
+
+
+@dataclass
+class _Progress:
+    """Decoding so far: text, steps and how much of the target (in bytes) has been said."""
+
+    decoder: codecs.IncrementalDecoder
+    text: str = ""
+    position: int = 0
+    steps: list[tuple[int, TokenLogprob]] = field(default_factory=list)
+
+    def say(
+        self, vocab: _Vocab, token: int, wanted: bytes, logprob: float, top: _Top
+    ) -> tuple[int, TokenLogprob]:
+        """Append *token*; return its (character offset, entry)."""
+        raw = vocab.tokens[token]
+        offset = len(self.text)
+        piece = self.decoder.decode(raw)
+        self.text += piece
+        if wanted.startswith(raw, self.position):
+            self.position += len(raw)
         elif _WORD.match(piece):
             # another word instead of the target's next one: carry on after that word
-            word = _WORD.match(target, position)
-            position = word.end() if word else position
-        if matcher.is_stopped():
-            return Decoded(text, steps, True)
-    return Decoded(text, steps, False)
+            word = _WORD_BYTES.match(wanted, self.position)
+            self.position = word.end() if word else self.position
+        return offset, TokenLogprob(token, piece, logprob, top)
+
+    def done(self, finished: bool) -> Decoded:
+        """Flush the decoder and return the result."""
+        self.text += self.decoder.decode(b"", final=True)
+        return Decoded(self.text, self.steps, finished)
 
 
-def _scores(vocab: _Vocab, allowed: list[int], rest: str, text: str, step: int) -> list[float]:
+def _spell(vocab: _Vocab, data: bytes) -> list[int]:
+    """Tokens spelling *data*: longest vocabulary tokens over its UTF-8 prefix, then bytes."""
+    try:
+        return list(vocab.llg.greedy_tokenize(data.decode("utf-8")))
+    except UnicodeDecodeError as exc:
+        head = list(vocab.llg.greedy_tokenize(data[: exc.start].decode("utf-8")))
+        return head + list(data[exc.start :])  # bytes 0..255 are tokens 0..255
+
+
+def _scores(vocab: _Vocab, allowed: list[int], rest: bytes, text: str, step: int) -> list[float]:
     """The stand-in model's scores over *allowed* tokens given what remains of the target."""
     scores = [_DROPPED] * len(allowed)
     slot = {token: i for i, token in enumerate(allowed)}
@@ -224,10 +260,9 @@ def _scores(vocab: _Vocab, allowed: list[int], rest: str, text: str, step: int) 
     alternatives = sorted(spoken, key=lambda t: (t * 2246822519 + salt) & 0xFFFFFFFF)[:_ALTERNATIVES]
     if preferred is not None:
         scores[slot[preferred]] = 0.0
-        if _WORD.match(rest):
+        if _WORD_BYTES.match(rest):
             # the model hesitates over words and numbers, never over syntax
-            words = [t for t in alternatives if _WORD.match(vocab.texts[t])]
-            for rank, token in enumerate(words):
+            for rank, token in enumerate(alternatives):
                 if token != preferred:
                     scores[slot[token]] = -2.0 - rank
         return scores
@@ -252,14 +287,14 @@ def _plain(text: str) -> bool:
     return bool(text.strip()) and not text.startswith(("\n", "\t", "\r", "  "))
 
 
-def _longest_prefix(vocab: _Vocab, slot: dict[int, int], rest: str) -> int | None:
+def _longest_prefix(vocab: _Vocab, slot: dict[int, int], rest: bytes) -> int | None:
     """The longest allowed token that spells the start of *rest* (None if none does)."""
     best: int | None = None
     best_len = 0
     for token in slot:
-        piece = vocab.texts[token]
-        if piece and len(piece) > best_len and rest.startswith(piece):
-            best, best_len = token, len(piece)
+        raw = vocab.tokens[token]
+        if token != vocab.eos and len(raw) > best_len and rest.startswith(raw):
+            best, best_len = token, len(raw)
     return best
 
 
@@ -270,7 +305,8 @@ def piece_logprobs(decoded: Decoded, pieces: Sequence[str]) -> list[TokenLogprob
     stand-in tokenizer's.
     """
     out: list[TokenLogprob] = []
-    steps = [(offset, entry) for offset, entry in decoded.steps if entry.text]
+    eos = _vocab().eos  # a byte of a longer character has no text of its own but counts
+    steps = [(offset, entry) for offset, entry in decoded.steps if entry.token_id != eos]
     cursor = 0
     start = 0
     for piece in pieces:

@@ -122,3 +122,14 @@ def test_sampler_filters_and_reports_logprobs() -> None:
     a = [choice_rng(9, 0).random() for _ in range(3)]
     assert a == [choice_rng(9, 0).random() for _ in range(3)]
     assert a != [choice_rng(9, 1).random() for _ in range(3)]
+
+
+def test_text_outside_ascii_survives_sampling(http: httpx.Client) -> None:
+    messages = [{"role": "user", "content": "Grüße aus Köln 😀 中文"}]
+    for seed in range(3):
+        body = chat(http, messages=messages, temperature=1.0, seed=seed, logprobs=True)
+        choice = body["choices"][0]
+        assert choice["message"]["content"].startswith("You said: Grüße aus Köln 😀 中文.")
+        entries = choice["logprobs"]["content"]
+        assert "".join(entry["token"] for entry in entries) == choice["message"]["content"]
+        assert all(entry["logprob"] <= 0 for entry in entries)
