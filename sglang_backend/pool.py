@@ -44,15 +44,12 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal
 
-import openai
-
-from . import _http
 from ._lease import Lease, LeaseContext
-from ._transport import LeasedAsyncTransport
+from ._pool_handle import PoolModel
 from .config import ServerConfig
 from .errors import ConfigError, ModelClosedError, SGLangError
 from .model import AsyncSGLangModel
@@ -70,7 +67,6 @@ __all__ = [
 
 logger = logging.getLogger("sglang_backend.pool")
 
-httpx = _http.httpx
 SerialStarts = Literal["gpus", "pool", "none"]
 _POLL = 0.25  # waiters re-check this often: streams closed outside the pool's sight
 _RESIDENT = (ServerState.STARTING, ServerState.READY, ServerState.STOPPING)
@@ -513,112 +509,3 @@ class ModelPool:
             await asyncio.gather(member.load_task, return_exceptions=True)
         await member.model.stop()
         self._notify()
-
-
-class _NotifyingStream(httpx.AsyncByteStream):
-    def __init__(self, inner: Any, notify: Callable[[], None]) -> None:
-        self._inner = inner
-        self._notify = notify
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._inner:
-            yield chunk
-
-    async def aclose(self) -> None:
-        try:
-            await self._inner.aclose()
-        finally:
-            self._notify()
-
-
-class _PoolTransport(httpx.AsyncBaseTransport):
-    """Admits each request through the pool, then through the member's own lease."""
-
-    def __init__(self, pool: ModelPool, member: _Member) -> None:
-        self._pool = pool
-        self._member = member
-        self._inner = LeasedAsyncTransport(member.model.request_path)
-
-    async def handle_async_request(self, request: Any) -> Any:
-        async with self._pool._admitted(self._member):
-            response = await self._inner.handle_async_request(request)
-        # The body keeps the member's own lease until it is closed; the pool is told then.
-        response.stream = _NotifyingStream(response.stream, self._pool._notify)
-        return response
-
-
-class PoolModel:
-    """A member's handle: the model API, each call admitted (and its model loaded) by the pool."""
-
-    def __init__(self, pool: ModelPool, member: _Member) -> None:
-        self._pool = pool
-        self._member = member
-
-    @property
-    def name(self) -> str:
-        return self._member.name
-
-    @property
-    def model(self) -> AsyncSGLangModel:
-        """The member's model (calls on it directly bypass the pool's admission)."""
-        return self._member.model
-
-    @property
-    def request_model(self) -> str:
-        return self._member.model.request_model
-
-    @property
-    def state(self) -> ServerState:
-        return self._member.model.state
-
-    @property
-    def loaded(self) -> bool:
-        return self._member.ready
-
-    def __repr__(self) -> str:
-        return f"PoolModel({self.name!r}, state={self.state.value})"
-
-    def lease(self) -> contextlib.AbstractAsyncContextManager[Lease]:
-        """``async with handle.lease() as lease:`` — load if needed, admit one request."""
-        return self._pool._admitted(self._member)
-
-    async def start(self) -> None:
-        """Load the model now (making room by policy) and wait until it is ready."""
-        await self._pool._load_now(self._member)
-
-    async def stop(self) -> None:
-        """Unload the model now; the next request loads it again."""
-        await self._pool.unload(self.name)
-
-    async def run(self, *args: Any, **kwargs: Any) -> Any:
-        """:meth:`AsyncSGLangModel.run` once the model is loaded (a stream holds it loaded)."""
-        async with self._pool._admitted(self._member):
-            return await self._member.model.run(*args, **kwargs)
-
-    async def generate(self, *args: Any, **kwargs: Any) -> Any:
-        """:meth:`AsyncSGLangModel.generate` once the model is loaded."""
-        async with self._pool._admitted(self._member):
-            return await self._member.model.generate(*args, **kwargs)
-
-    async def tokenize(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
-        async with self._pool._admitted(self._member):
-            return await self._member.model.tokenize(text, add_special_tokens=add_special_tokens)
-
-    def http_client(self, **options: Any) -> Any:
-        """An ``AsyncClient`` (the SDK's stack) whose every request the pool admits."""
-        client = openai.DefaultAsyncHttpxClient(
-            transport=_PoolTransport(self._pool, self._member),
-            base_url=LeasedAsyncTransport.BASE_URL.removesuffix("/v1"),
-            trust_env=False, **options,
-        )
-        return client
-
-    def openai_client(self, **options: Any) -> openai.AsyncOpenAI:
-        """An ``openai.AsyncOpenAI`` whose every request the pool admits (``model=`` is yours
-        to set: :attr:`request_model`)."""
-        options.setdefault("max_retries", 0)
-        options.setdefault("timeout", self._member.model.timeout)
-        return openai.AsyncOpenAI(
-            base_url=LeasedAsyncTransport.BASE_URL, api_key=LeasedAsyncTransport.PLACEHOLDER_KEY,
-            http_client=self.http_client(), **options,
-        )

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sglang_backend import ModelPool, ServerConfig, ServerEvent
+from sglang_backend import ModelClosedError, ModelPool, ServerConfig, ServerEvent
 from sglang_backend.pool import PoolQueueFullError, PoolTimeoutError, UnknownModelError
+from sglang_backend.pool_sync import SyncModelPool
 
-from .conftest import MODEL
+from .conftest import MODEL, read_events
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 Standin = Callable[..., ServerConfig]
@@ -74,7 +76,8 @@ async def test_lru_swap_a_b_then_c_stops_a(standin: Standin) -> None:
     assert all(pool.model(n).model.pid is None for n in "abc")
 
 
-async def test_concurrent_requests_and_starts_never_overlap(standin: Standin) -> None:
+async def test_concurrent_requests_and_starts_never_overlap(standin: Standin,
+                                                            events_file: Path) -> None:
     events: list[ServerEvent] = []
     async with _pool(standin, "ab", events, max_loaded=2, load_seconds=0.4) as pool:
         # Both cold at once: both load (room for two), one after the other.
@@ -87,6 +90,13 @@ async def test_concurrent_requests_and_starts_never_overlap(standin: Standin) ->
         assert max(waited) >= 0.3  # the second start queued behind the first
         assert [pool.model(n).model.server.launches for n in "ab"] == [1, 1]  # type: ignore[union-attr]
         assert _kinds(events, "evicted") == []
+        # The servers' own view: the second process wrote nothing before the first was ready.
+        lines = read_events(events_file)
+        first_pid = next(e["pid"] for e in lines)
+        first_ready = next(e["t"] for e in lines if e["event"] == "ready" and e["pid"] == first_pid)
+        second = [e["t"] for e in lines if e["pid"] != first_pid]
+        assert second
+        assert min(second) >= first_ready
 
 
 async def test_serial_starts_none_lets_starts_overlap(standin: Standin) -> None:
@@ -222,3 +232,20 @@ async def test_openai_client_and_unknown_model(standin: Standin) -> None:
             pool.model("nope")
         assert info.value.known == ["a", "b"]
         assert "known models: a, b" in str(info.value)
+
+
+def test_sync_twin_swaps_and_streams(standin: Standin) -> None:
+    events: list[ServerEvent] = []
+    with SyncModelPool(max_loaded=1, on_event=events.append) as pool:
+        pool.add("a", MODEL, server=standin(served_model_name="a"))
+        b = pool.add("b", MODEL, server=standin(served_model_name="b"))
+        assert pool.model("a").run(MESSAGES).model == "a"
+        chunks = list(b.run(MESSAGES, stream=True))
+        assert chunks
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert pool.loaded() == ["b"]
+        assert _kinds(events, "evicted") == ["a"]
+        assert b.generate("Hello", sampling_params={"max_new_tokens": 4}).text
+    assert pool.loaded() == []
+    with pytest.raises(ModelClosedError):
+        pool.model("a").run(MESSAGES)
