@@ -356,9 +356,7 @@ def register(app: FastAPI, state: ServerState) -> None:
                 steps = step
                 break
             if delay > 0 and await request.is_disconnected():
-                state.registry.abort(item.rid, reason="disconnect")
-                steps = step
-                break
+                state.registry.disconnected(item.rid)  # aborts it a little later, as SGLang
         if steps < len(gen.token_ids) or state.registry.aborted(item.rid):
             return output(item, gen, steps, dict(ABORT_FINISH), started, ask)
         state.generation_tokens_total += gen.completion_tokens

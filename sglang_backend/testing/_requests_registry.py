@@ -30,6 +30,7 @@ ABORT_FINISH: dict[str, Any] = {
 
 
 _RECENT = 1024  # finished requests remembered for a late disconnect
+DISCONNECT_ABORT_DELAY = 2.0  # seconds, SGLang's create_abort_task sleep
 
 
 def new_rid() -> str:
@@ -44,6 +45,7 @@ class RunningRequest:
     rid: str
     kind: str
     abort_event: asyncio.Event = field(default_factory=asyncio.Event)
+    cut: bool = False  # its client went away before the end (abort still pending)
 
     @property
     def aborted(self) -> bool:
@@ -80,18 +82,25 @@ class RequestRegistry:
             while len(self._recent) > _RECENT:
                 self._recent.pop(next(iter(self._recent)))
 
-    def disconnected(self, rid: str) -> None:
-        """The client of stream *rid* went away before its end: abort it.
+    def disconnected(self, rid: str, delay: float = DISCONNECT_ABORT_DELAY) -> None:
+        """The client of *rid* went away before the end: abort it *delay* seconds later.
 
-        A cancelled stream is unwound from the inside, so the request may already be
-        unregistered here; it was still cut short, and gets its ``abort`` line.
+        SGLang's disconnect abort is late too (a background task sleeping 2 s for a stream,
+        a 4 s ``is_disconnected`` poll otherwise), so a client's own ``/abort_request``,
+        sent right after it closed the connection, is the one that counts. A cancelled
+        stream is unwound from the inside, so the request may be unregistered already:
+        it stays abortable (``cut``) until then.
         """
-        if self.abort(rid, reason="disconnect"):
+        running = self._running.get(rid) or self._recent.get(rid)
+        if running is None or running.aborted or running.cut:
             return
-        running = self._recent.get(rid)
-        if running is not None and not running.aborted:
+        running.cut = True
+        asyncio.get_running_loop().call_later(delay, self._abort_cut, running)
+
+    def _abort_cut(self, running: RunningRequest) -> None:
+        if not running.aborted:
             running.abort_event.set()
-            self._events.write("abort", rid=rid, reason="disconnect")
+            self._events.write("abort", rid=running.rid, reason="disconnect")
 
     @contextlib.contextmanager
     def running(self, rid: str, kind: str, *, log: bool = True) -> Any:
@@ -113,16 +122,17 @@ class RequestRegistry:
         """Abort *rid* (prefix match, as SGLang's scheduler) or everything; return the rids hit."""
         if not abort_all and not rid:
             return []
+        cut = [r for r in self._recent.values() if r.cut]
         hit = [
-            r
-            for r, running in self._running.items()
-            if not running.aborted and (abort_all or (rid is not None and r.startswith(rid)))
+            running
+            for running in [*self._running.values(), *cut]
+            if not running.aborted and (abort_all or (rid is not None and running.rid.startswith(rid)))
         ]
         # One ``abort`` line per request actually stopped: a finished or unknown rid leaves none.
-        for r in hit:
-            self._running[r].abort_event.set()
-            self._events.write("abort", rid=r, reason=reason)
-        return hit
+        for running in hit:
+            running.abort_event.set()
+            self._events.write("abort", rid=running.rid, reason=reason)
+        return [running.rid for running in hit]
 
     async def wait(self, rid: str, seconds: float) -> bool:
         """Sleep *seconds* unless *rid* is aborted first; return whether it was aborted."""

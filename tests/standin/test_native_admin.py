@@ -397,3 +397,28 @@ async def test_memory_calls_that_crash_sglangs_scheduler(standins: StandinFactor
     code = await asyncio.to_thread(server.proc.wait, 15)
     assert code != 0
     assert "Scheduler hit an exception: KeyError: 'kv_cache'" in server.stderr()
+
+
+async def test_abort_right_after_a_disconnect_is_the_one_that_counts(
+    server: Standin, admin: httpx.AsyncClient
+) -> None:
+    # SGLang aborts a disconnected request only ~2 s later: a client's prompt abort wins.
+    rid = secrets.token_hex(8)
+    body = {
+        "text": "x",
+        "rid": rid,
+        "stream": True,
+        "sampling_params": {"max_new_tokens": 200, "ignore_eos": True},
+    }
+    async with (
+        httpx.AsyncClient(base_url=server.base_url, headers=server.headers, timeout=30) as client,
+        client.stream("POST", "/generate", json=body) as reply,
+    ):
+        async for line in reply.aiter_lines():
+            if line.startswith("data: "):
+                break
+    await asyncio.sleep(0.2)
+    assert (await admin.post("/abort_request", json={"rid": rid})).status_code == 200
+    await asyncio.sleep(2.5)
+    reasons = [e["reason"] for e in _events(server, "abort") if e["rid"] == rid]
+    assert reasons == ["abort_request"]
