@@ -7,7 +7,9 @@ the same stack and share one connection pool with the SDK, so a process never lo
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import threading
 import urllib.parse
 import urllib.request
 from types import ModuleType
@@ -101,10 +103,36 @@ class ServerPool:
     """
 
     def __init__(self, url: str) -> None:
+        self._url = url
         self.transport = httpx.AsyncHTTPTransport(
             limits=openai.DEFAULT_CONNECTION_LIMITS, proxy=_proxy_for(url), trust_env=False
         )
         self.client: httpx.AsyncClient = new_async_client(transport=self.transport)
+        self._lock = threading.Lock()
+        self._sync: httpx.Client | None = None
+        self._closed = False
+
+    def sync_client(self) -> httpx.Client:
+        """The blocking twin of ``client`` for the facade's threads (built on first use).
+
+        Raises ``RuntimeError`` once the run's pool is closed, so a late caller never opens
+        connections to a server run that is over.
+        """
+        sync = self._sync
+        if sync is not None:
+            return sync
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this server run's connection pool is closed")
+            if self._sync is None:
+                self._sync = openai.DefaultHttpxClient(transport=new_sync_transport(self._url))
+            return self._sync
 
     async def aclose(self) -> None:
+        with self._lock:
+            self._closed = True
+            sync, self._sync = self._sync, None
         await self.client.aclose()  # closes the transport too
+        if sync is not None:
+            # Closing drops its sockets at once; in-flight blocking requests on it fail.
+            await asyncio.to_thread(sync.close)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _http
 from ._translate import check_response, classify
-from .errors import ModelClosedError, ServerUnavailableError, SGLangError
+from .errors import ModelClosedError, RequestTimeoutError, ServerUnavailableError, SGLangError
 
 if TYPE_CHECKING:
     from .server import Backend
@@ -73,7 +73,7 @@ class Lease:
     """
 
     __slots__ = ("_admin_key", "_backend", "_released", "_token", "api_key", "base_url", "http",
-                 "transport")
+                 "pool", "transport")
 
     def __init__(self, backend: Backend, token: object) -> None:
         self._backend = backend
@@ -82,6 +82,7 @@ class Lease:
         self.base_url: str = backend.base_url
         self.api_key: str | None = backend.api_key
         pool = backend.pool
+        self.pool: _http.ServerPool = pool  # this server run's connections
         self.http: _http.httpx.AsyncClient = pool.client
         self.transport: _http.httpx.AsyncHTTPTransport = pool.transport
         self._admin_key = admin_key(backend)
@@ -140,8 +141,10 @@ class RequestPath:
         *,
         timeout: float,
         closed: Callable[[], bool],
+        current: Callable[[], Backend | None] = lambda: None,
     ) -> None:
         self._backend = backend
+        self._current = current
         self.timeout = timeout
         self._closed = closed
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -151,6 +154,28 @@ class RequestPath:
     def lease(self) -> LeaseContext:
         """``async with path.lease() as lease:`` — admit one request for the block."""
         return LeaseContext(self)
+
+    def try_admit(self) -> Lease | None:
+        """Admit one request now, from any thread, if the server is ready; else None.
+
+        No start, no wait, no loop: the blocking facade's fast path. The slow path is
+        :meth:`admit` on the model's loop.
+        """
+        backend = self._current()
+        if backend is None or self._closed():
+            return None
+        admitted, token = backend.try_acquire()
+        return Lease(backend, token) if admitted else None
+
+    @property
+    def closed(self) -> bool:
+        """Whether the model behind this path was closed."""
+        return self._closed()
+
+    @property
+    def calls_in_progress(self) -> int:
+        """Calls of this path waiting for admission or running (what ``aclose()`` cancels)."""
+        return len(self._tasks)
 
     async def admit(self) -> Lease:
         """Admit one request (starting the server if needed). The caller must release it."""
@@ -238,6 +263,11 @@ class RequestPath:
         if failure.retry_after_recovery and retry:
             await backend.recover(lease._token, exc, sent=False)
             return None
+        if isinstance(failure.error, RequestTimeoutError):
+            # Slow, or hung? A server that cannot even answer /health is declared hung.
+            hung = await backend.check_hung(lease._token)
+            if hung is not None:
+                return hung
         return failure.error or exc
 
     # -- aborting ---------------------------------------------------------------------------

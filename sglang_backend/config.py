@@ -147,6 +147,25 @@ class ServerConfig(BaseModel):
         le=3600,
         description="Grace after SIGTERM before every remaining process of the tree is SIGKILLed.",
     )
+    restart_backoff: float = Field(
+        default=2.0,
+        ge=0,
+        description="After a failed start, requests fail fast with the last start error for"
+        " this many seconds instead of relaunching; doubled after each further failure, up to"
+        " restart_backoff_max. start() always tries at once. 0 disables.",
+    )
+    restart_backoff_max: float = Field(
+        default=120.0,
+        ge=0,
+        description="Ceiling of the crash-loop backoff window, in seconds.",
+    )
+    health_check_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="When a request times out, how long /health may take before the server is"
+        " declared hung (ServerHungError; its tree is killed and relaunched on the next"
+        " request). SGLang's /health runs a 1-token generation, so it takes about 1 s.",
+    )
     api_key: SecretStr | None = Field(
         default=None,
         description="Key passed with --api-key; None generates a random one at launch.",

@@ -11,6 +11,7 @@ import socket
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Protocol, TypeVar, overload
 
@@ -20,7 +21,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk, ParsedChatCom
 
 from . import _http
 from ._lease import Lease, LeaseContext, RequestPath, admin_key, direct_urls
-from ._requests import build_response_format, check_messages, check_tools
+from ._requests import build_response_format, check_constraints, check_messages, check_tools
 from ._translate import check_response
 from ._transport import LeasedAsyncTransport
 from .config import ServerConfig, SGLangConfig
@@ -58,11 +59,12 @@ from .server import (
     ServerState,
 )
 
-__all__ = ["AsyncSGLangModel", "ChatStream", "GenerateStream", "SGLangTokenCounter"]
+__all__ = ["AsyncSGLangModel", "ChatRequest", "ChatStream", "GenerateStream", "SGLangTokenCounter"]
 
 logger = logging.getLogger("sglang_backend")
 
 DEFAULT_TIMEOUT = 180.0
+DEFAULT_CONNECT_TIMEOUT = 5.0
 ModelT = TypeVar("ModelT", bound=pydantic.BaseModel)
 _NO_KEY = "EMPTY"  # the SDK insists on a key; a server without --api-key ignores it
 
@@ -91,6 +93,29 @@ def _model_name(model_type: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"model_type must be a non-empty model name or path, got {model_type!r}")
     return value
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A chat call built and validated, not yet sent (:meth:`AsyncSGLangModel.chat_request`).
+
+    Attributes:
+        kwargs: the SDK's ``chat.completions.create`` arguments (``model`` included).
+        rid: the request id the server knows the request by (aborts name it).
+        stream: whether the reply is streamed.
+        parse_into: the pydantic model a structured reply is validated into, if any.
+    """
+
+    kwargs: dict[str, Any]
+    rid: str
+    stream: bool
+    parse_into: type[pydantic.BaseModel] | None = None
+
+    def finish(self, completion: ChatCompletion) -> ChatCompletion:
+        """The reply as :meth:`AsyncSGLangModel.run` returns it (parsed when asked)."""
+        if self.parse_into is not None:
+            return _parse(completion, self.parse_into)
+        return completion
 
 
 class SGLangTokenCounter:
@@ -362,6 +387,8 @@ class AsyncSGLangModel:
         timeout: per-request timeout in seconds (default: env ``MODEL_TIMEOUT``, else 180).
         server: how to launch the server (launch mode only).
         on_event: called with every :class:`~sglang_backend.server.ServerEvent`.
+        connect_timeout: seconds a connection may take (default 5): a dead ``url`` fails
+            within it rather than after the whole request timeout.
 
     The constructor does no I/O. The server starts on ``async with``, :meth:`start`, or the
     first request; idle servers are stopped and relaunched on demand.
@@ -378,6 +405,7 @@ class AsyncSGLangModel:
         *,
         server: ServerConfig | None = None,
         on_event: EventCallback | None = None,
+        connect_timeout: float | None = None,
     ) -> None:
         self.model_type = _model_name(model_type)
         if server is not None and not isinstance(server, ServerConfig):
@@ -392,6 +420,9 @@ class AsyncSGLangModel:
         self._default_tools = check_tools(self._kwargs.pop("tools", None))
         build_response_format(self._kwargs.get("response_format"))  # checked now, not by a 400
         self._timeout = _default_timeout(timeout)
+        self._connect_timeout = min(
+            _default_timeout(connect_timeout if connect_timeout is not None
+                             else DEFAULT_CONNECT_TIMEOUT), self._timeout)
         if url is not None and server is not None:
             raise ConfigError("pass either url= (connect to a running server) or server= "
                               "(launch one), not both")
@@ -420,7 +451,8 @@ class AsyncSGLangModel:
         self._prepare_task: asyncio.Task[None] | None = None
         self._closed = False
         self._path = RequestPath(self._get_backend, timeout=self._timeout,
-                                 closed=lambda: self._closed)
+                                 closed=lambda: self._closed or self._forked_from is not None,
+                                 current=lambda: self._backend)
         self._streams: weakref.WeakSet[ChatStream | GenerateStream] = weakref.WeakSet()
         # LoRA adapters loaded at run time (name -> (path, pinned)), loaded again after every
         # relaunch; launch-time adapters (lora_paths) unloaded since, unloaded again.
@@ -463,6 +495,14 @@ class AsyncSGLangModel:
         """The per-request timeout in seconds."""
         return self._timeout
 
+    @property
+    def connect_timeout(self) -> float:
+        """Seconds a connection to the server may take (a dead URL fails within it)."""
+        return self._connect_timeout
+
+    def _request_timeout(self) -> _http.httpx.Timeout:
+        return _http.httpx.Timeout(self._timeout, connect=self._connect_timeout)
+
     # -- the request path ----------------------------------------------------------------
     @property
     def request_path(self) -> RequestPath:
@@ -495,7 +535,7 @@ class AsyncSGLangModel:
         if self._closed:
             raise ModelClosedError("the model is closed")
         options.setdefault("max_retries", 0)
-        options.setdefault("timeout", self._timeout)
+        options.setdefault("timeout", self._request_timeout())
         return openai.AsyncOpenAI(
             base_url=LeasedAsyncTransport.BASE_URL,
             api_key=LeasedAsyncTransport.PLACEHOLDER_KEY,
@@ -524,7 +564,7 @@ class AsyncSGLangModel:
         """Send one native request under a lease; the decoded JSON (or text) answer."""
         async def send(lease: Lease) -> Any:
             return await lease.http.request(method, f"{lease.base_url}{path}", json=body,
-                                            headers=lease.headers, timeout=self._timeout)
+                                            headers=lease.headers, timeout=self._request_timeout())
 
         response = check_response(await self._path.call(send))
         try:
@@ -955,6 +995,7 @@ class AsyncSGLangModel:
         backend: Backend
         if self._url is not None:
             backend = RemoteServer(self._url, self._api_key, startup_timeout=self._timeout,
+                                   connect_timeout=self._connect_timeout,
                                    on_event=self._on_event)
         else:
             assert self._server_config is not None
@@ -972,7 +1013,7 @@ class AsyncSGLangModel:
     def _build_client(self, http: _http.httpx.AsyncClient) -> openai.AsyncOpenAI:
         client = openai.AsyncOpenAI(
             api_key="placeholder", base_url="http://127.0.0.1/v1", http_client=http,
-            max_retries=0, timeout=self._timeout,
+            max_retries=0, timeout=self._request_timeout(),
         )
         asyncio.run(_warm_up_request_path())
         return client
@@ -1051,9 +1092,29 @@ class AsyncSGLangModel:
         """
         if self._closed:
             raise ModelClosedError("the model is closed")
+        request = self.chat_request(messages, response_format, tools, stream=stream)
+        if request.stream:
+            return await self._open_stream(request.kwargs, request.rid)
+        return request.finish(await self._request(request.kwargs, request.rid))
+
+    def chat_request(
+        self,
+        messages: Any,
+        response_format: Any = None,
+        tools: Any = None,
+        *,
+        stream: bool | None = None,
+    ) -> ChatRequest:
+        """What :meth:`run` would send, validated and built without any I/O.
+
+        The async model and the blocking facade both send exactly this (one builder, no
+        drift); it is also a way to see the request a call makes.
+        """
         checked = check_messages(messages)
         tool_list = check_tools(tools) if tools is not None else self._default_tools
         wire_format, parse_into = build_response_format(response_format)
+        # SGLang applies one output constraint; a second one is a 400 after the round trip.
+        check_constraints(wire_format, self._extra_body.get("regex"), self._extra_body.get("ebnf"))
         streaming = self._config.stream if stream is None else bool(stream)
         if streaming and parse_into is not None:
             raise ConfigError("a pydantic response_format cannot be combined with streaming")
@@ -1075,30 +1136,29 @@ class AsyncSGLangModel:
         if self._extra_body.get("lora_path") is not None:
             check_adapter_name(self._extra_body["lora_path"], self._known_adapters())
         kwargs["extra_body"] = {**self._extra_body, "rid": rid}
+        kwargs["model"] = self._request_model
         if streaming:
             kwargs["stream"] = True
             kwargs["stream_options"] = {"include_usage": True}
-            return await self._open_stream(kwargs, rid)
-        completion = await self._request(kwargs, rid)
-        if parse_into is not None:
-            return _parse(completion, parse_into)
-        return completion
+        return ChatRequest(kwargs=kwargs, rid=rid, stream=streaming, parse_into=parse_into)
 
     async def _request(self, kwargs: dict[str, Any], rid: str | None = None) -> ChatCompletion:
+        kwargs = {"model": self._request_model, **kwargs}
+
         async def send(lease: Lease) -> ChatCompletion:
             completion: ChatCompletion = await self._openai(lease).chat.completions.create(
-                model=self._request_model, **kwargs
+                **kwargs
             )
             return completion
 
         return await self._path.call(send, rid=rid)
 
     async def _open_stream(self, kwargs: dict[str, Any], rid: str | None = None) -> ChatStream:
+        kwargs = {"model": self._request_model, **kwargs}
+
         async def send(lease: Lease) -> openai.AsyncStream[ChatCompletionChunk]:
             stream: openai.AsyncStream[ChatCompletionChunk] = (
-                await self._openai(lease).chat.completions.create(
-                    model=self._request_model, **kwargs
-                )
+                await self._openai(lease).chat.completions.create(**kwargs)
             )
             return stream
 
@@ -1110,7 +1170,7 @@ class AsyncSGLangModel:
     ) -> int:
         async def send(lease: Lease) -> Any:
             return await lease.http.post(f"{lease.base_url}/tokenize", json=body,
-                                         headers=lease.headers, timeout=self._timeout)
+                                         headers=lease.headers, timeout=self._request_timeout())
 
         response = await self._path.call(send)
         if response.status_code in (404, 405) and messages is not None:

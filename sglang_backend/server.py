@@ -29,6 +29,7 @@ import enum
 import logging
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,12 +39,14 @@ from . import _http
 from ._diagnose import check_before_launch
 from ._process import Phase, ServerProcess, describe_returncode
 from ._secrets import PrivateArgsFile
+from ._translate import check_response
 from .config import ServerConfig
 from .errors import (
     ModelClosedError,
     PortInUseError,
     ServerCrashedError,
     ServerError,
+    ServerHungError,
     ServerUnavailableError,
 )
 from .router import RouterGroup, WorkerInfo
@@ -82,6 +85,13 @@ class ServerEvent:
     * ``idle_stopped`` / ``stopped`` — stopped by the watchdog / on request, emitted once the
       state is STOPPED (``detail``: ``returncode``, ``duration``);
     * ``crashed`` — the server died while serving (``detail["returncode"]``);
+    * ``start_backoff`` — a second failed start in a row: requests fail fast with the last
+      start error for ``detail["retry_in"]`` seconds (``detail["failures"]`` so far);
+      ``start()`` still tries at once;
+    * ``hung`` — a request timed out and ``/health`` did not answer within
+      ``health_check_timeout``: the server was declared hung (``ServerHungError``), its tree
+      killed (launch mode; the next request relaunches) or, in connect mode, requests fail
+      fast until it answers again;
     * ``worker_crashed``, ``worker_relaunched``, ``worker_relaunch_failed`` — one local worker
       of a router group (``detail``: ``worker``, ``url``); the group keeps serving;
     * ``worker_unhealthy``, ``worker_healthy`` — a worker elsewhere (``worker_urls``,
@@ -117,6 +127,14 @@ async def _wait_through_cancellation(task: asyncio.Task[Any]) -> None:
     while not task.done():
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait({task})
+
+
+def _own_copy(exc: BaseException) -> BaseException:
+    """A fresh exception object with the same type, message and attributes as ``exc``."""
+    copy = type(exc).__new__(type(exc), *exc.args)
+    copy.__dict__.update(exc.__dict__)
+    copy.args = exc.args
+    return copy
 
 
 def _connect_host(host: str) -> str:
@@ -186,6 +204,9 @@ class Backend(abc.ABC):
         self.state = ServerState.CREATED
         self.inflight = 0
         self._pool: _http.ServerPool | None = None
+        # Held for a few instructions at a time (never across an await): admission from the
+        # facade's threads against the idle stop on the loop.
+        self._admission = threading.Lock()
 
     @property
     def pool(self) -> _http.ServerPool:
@@ -233,9 +254,20 @@ class Backend(abc.ABC):
     async def acquire(self) -> object:
         """Admit one request (starting the server if needed); return a token for recover()."""
 
+    def try_acquire(self) -> tuple[bool, object]:
+        """Admit one request now if the server is ready, from any thread; no start, no wait.
+
+        Returns ``(True, token)`` when admitted, ``(False, None)`` when the caller must take
+        the slow path (:meth:`acquire` on the loop). The blocking facade's requests come in
+        here from their own threads, so admission, release and the idle stop's decision are
+        taken under one lock.
+        """
+        return False, None
+
     def release(self) -> None:
-        """The request admitted by acquire() is over."""
-        self.inflight -= 1
+        """The request admitted by acquire() is over (any thread)."""
+        with self._admission:
+            self.inflight -= 1
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -248,13 +280,33 @@ class Backend(abc.ABC):
         Raises a typed error when the server is known to have died.
         """
 
+    async def check_hung(self, token: object) -> ServerHungError | None:
+        """A request on ``token`` timed out: is the server hung? (None: it answers.)
+
+        ``/health`` must answer 200 within the short health-check bound; a server that does
+        not is declared hung.
+        """
+        return None
+
+    async def _answers_health(self, timeout: float) -> bool:
+        try:
+            response = await self.pool.client.get(f"{self.base_url}/health", timeout=timeout)
+        except (_http.httpx.TransportError, ModelClosedError):
+            return False
+        return response.status_code == 200
+
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Release everything; final."""
 
 
 class RemoteServer(Backend):
-    """Connect mode: a server (or sglang-router) someone else runs. Never launched or stopped."""
+    """Connect mode: a server (or router) someone else runs. Never launched or stopped.
+
+    ``connect_timeout`` bounds how long nothing may listen at the URL: a dead URL fails within
+    it, while a server that answers but is still starting (``/health`` 503) is waited for up
+    to ``startup_timeout``.
+    """
 
     def __init__(
         self,
@@ -262,12 +314,17 @@ class RemoteServer(Backend):
         api_key: str | None,
         *,
         startup_timeout: float,
+        connect_timeout: float,
+        health_check_timeout: float = 5.0,
         on_event: EventCallback | None = None,
     ) -> None:
         super().__init__(on_event)
         self.base_url = url
         self.api_key = api_key
         self._timeout = startup_timeout
+        self._connect_timeout = connect_timeout
+        self._health_check_timeout = health_check_timeout
+        self._hung = False
 
     def _pool_url(self) -> str:
         return self.base_url
@@ -275,21 +332,49 @@ class RemoteServer(Backend):
     def __repr__(self) -> str:
         return f"RemoteServer({self.base_url!r}, state={self.state.value})"
 
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
     async def acquire(self) -> object:
         if self.state is ServerState.CLOSED:
             raise ModelClosedError("the model is closed")
-        self.inflight += 1
+        if self._hung:
+            # Declared hung by a timed-out request: fail fast until it answers again.
+            if not await self._answers_health(self._health_check_timeout):
+                raise ServerHungError(
+                    f"the server at {self.base_url} still does not answer /health"
+                )
+            self._hung = False
+        with self._admission:
+            self.inflight += 1
         return None
+
+    def try_acquire(self) -> tuple[bool, object]:
+        if self.state is ServerState.CLOSED or self._hung:
+            return False, None
+        with self._admission:
+            self.inflight += 1
+        return True, None
 
     async def start(self) -> None:
         if self.state is ServerState.CLOSED:
             raise ModelClosedError("the model is closed")
         await self.wait_healthy(self._timeout)
+        await self._check_key()
         self.state = ServerState.READY
         self.emit("ready")
 
+    async def _check_key(self) -> None:
+        """``/health`` needs no key: ask an authenticated endpoint, so a wrong key fails here."""
+        response = await self.pool.client.get(f"{self.base_url}/v1/models", headers=self._auth(),
+                                              timeout=self._connect_timeout + 30.0)
+        if response.status_code in (401, 403):
+            check_response(response)
+
     async def wait_healthy(self, timeout: float) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        refused_since: float | None = None
         delay = 0.05
         last: str = "no answer"
         while True:
@@ -298,9 +383,17 @@ class RemoteServer(Backend):
                 if response.status_code == 200:
                     return
                 last = f"/health answered {response.status_code}"
+                refused_since = None  # something answers: it may be starting
             except _http.httpx.TransportError as exc:
                 last = f"{type(exc).__name__}: {exc}"
-            remaining = deadline - asyncio.get_running_loop().time()
+                refused_since = loop.time() if refused_since is None else refused_since
+            now = loop.time()
+            if refused_since is not None and now - refused_since >= self._connect_timeout:
+                raise ServerUnavailableError(
+                    f"nothing answers at {self.base_url} (connect timeout "
+                    f"{self._connect_timeout:g} s; {last})"
+                )
+            remaining = deadline - now
             if remaining <= 0:
                 raise ServerUnavailableError(
                     f"the server at {self.base_url} was not healthy within {timeout:g} s ({last})"
@@ -314,6 +407,16 @@ class RemoteServer(Backend):
         # Not connected: the server may be restarting; wait on its health, then retry once.
         await self.wait_healthy(self._timeout)
         return True
+
+    async def check_hung(self, token: object) -> ServerHungError | None:
+        if await self._answers_health(self._health_check_timeout):
+            return None
+        self._hung = True
+        self.emit("hung", health_check_timeout=self._health_check_timeout)
+        return ServerHungError(
+            f"the server at {self.base_url} stopped answering: a request timed out and /health "
+            f"gave no 200 within {self._health_check_timeout:g} s"
+        )
 
     async def aclose(self) -> None:
         self.state = ServerState.CLOSED
@@ -350,6 +453,8 @@ class LaunchedServer(Backend):
         self.error: BaseException | None = None
         self._start_task: asyncio.Task[None] | None = None
         self._start_waiters = 0
+        self._start_failures = 0
+        self._retry_at = 0.0
         self._stop_task: asyncio.Task[None] | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._launches = 0
@@ -384,21 +489,31 @@ class LaunchedServer(Backend):
         Returns the process the request runs on (pass it back to :meth:`recover`).
         """
         while True:
-            if self.state is ServerState.READY:
-                self.inflight += 1
-                self._watchdog.touch()
-                return self.process
+            admitted, token = self.try_acquire()
+            if admitted:
+                return token
             await self._ensure_ready()
 
+    def try_acquire(self) -> tuple[bool, object]:
+        with self._admission:
+            if self.state is not ServerState.READY:
+                return False, None
+            self.inflight += 1
+            self._watchdog.touch()
+            return True, self.process
+
     def release(self) -> None:
-        self.inflight -= 1
-        self._watchdog.touch()
+        with self._admission:
+            self.inflight -= 1
+            self._watchdog.touch()
 
     def touch(self) -> None:
         """Record activity the library did not see (restart the idle count)."""
         self._watchdog.touch()
 
     async def start(self) -> None:
+        # An explicit start always tries at once, crash-loop backoff or not.
+        self._retry_at = 0.0
         await self._ensure_ready()
 
     async def _ensure_ready(self) -> None:
@@ -412,6 +527,9 @@ class LaunchedServer(Backend):
             await asyncio.shield(self._stop_task)
             return
         if self._start_task is None:
+            last = self._backing_off()
+            if last is not None:
+                raise _own_copy(last) from last
             self._start_task = asyncio.ensure_future(self._start())
             self._start_task.add_done_callback(self._start_done)
         task = self._start_task
@@ -424,6 +542,10 @@ class LaunchedServer(Backend):
                 task.cancel()
                 await _wait_through_cancellation(task)
             raise
+        except Exception as exc:
+            # Each waiter gets its own exception object (one shared instance would gather every
+            # waiter's traceback), chained to the start's own.
+            raise _own_copy(exc) from exc
         finally:
             self._start_waiters -= 1
 
@@ -434,9 +556,28 @@ class LaunchedServer(Backend):
                 self.state = ServerState.STOPPED
             return
         exc = task.exception()
-        if exc is not None and self.state is ServerState.STARTING:
+        if exc is None:
+            self._start_failures = 0
+            return
+        if self.state is ServerState.STARTING:
             self.state = ServerState.FAILED
             self.error = exc
+            self._start_failures += 1
+            # A server that fails at every start must not be relaunched by every request (on a
+            # GPU each launch costs minutes): from the second failure in a row, requests fail
+            # fast with the last start error for a window that doubles up to the ceiling.
+            if self._start_failures >= 2 and self.config.restart_backoff > 0:
+                window = min(self.config.restart_backoff * 2 ** (self._start_failures - 2),
+                             self.config.restart_backoff_max)
+                self._retry_at = time.monotonic() + window
+                self.emit("start_backoff", failures=self._start_failures,
+                          retry_in=round(window, 3))
+
+    def _backing_off(self) -> BaseException | None:
+        """The last start error while the crash-loop backoff window is open, else None."""
+        if self.state is ServerState.FAILED and time.monotonic() < self._retry_at:
+            return self.error
+        return None
 
     def add_after_ready(self, hook: Callable[[LaunchedServer], Awaitable[None]]) -> None:
         """Run ``await hook(server)`` after every launch and relaunch, once the server answers
@@ -569,6 +710,29 @@ class LaunchedServer(Backend):
         reused or expired: start the next run with a fresh pool instead."""
         await self._renew_pool()
 
+    async def check_hung(self, token: object) -> ServerHungError | None:
+        process = token if isinstance(token, (ServerProcess, RouterGroup)) else None
+        if process is None or self.process is not process or self.state is not ServerState.READY:
+            return None
+        if await self._answers_health(self.config.health_check_timeout):
+            return None
+        if self.process is not process or self.state is not ServerState.READY:
+            return None  # something else (a crash, a stop) got there first
+        bound = self.config.health_check_timeout
+        error = ServerHungError(
+            f"the server (pid {process.pid}) stopped answering: a request timed out and "
+            f"/health gave no 200 within {bound:g} s; its tree was killed",
+            command=process.masked_command,
+            log_tail=process.log_tail(),
+        )
+        self.error = error
+        self.state = ServerState.FAILED
+        self._watchdog.stop()
+        self.emit("hung", process.pid, health_check_timeout=bound)
+        self._cleanup = asyncio.ensure_future(self._after_crash(process))
+        self._cleanup.add_done_callback(_log_failure)
+        return error
+
     async def recover(self, token: object, exc: BaseException, *, sent: bool) -> bool:
         process = token if isinstance(token, (ServerProcess, RouterGroup)) else None
         if process is not None and process.returncode is None:
@@ -593,16 +757,19 @@ class LaunchedServer(Backend):
     def _idle_stop(self) -> bool:
         """Called by the watchdog, synchronously: the admission check and this state change
         happen in one step of the loop, so no request can slip in between."""
-        if self.state is not ServerState.READY:
-            return True
-        if self.inflight:
-            return False
+        with self._admission:  # no thread may be admitted between this check and STOPPING
+            if self.state is not ServerState.READY:
+                return True
+            if self.inflight:
+                return False
+            self.state = ServerState.STOPPING
         self._begin_stop("idle")
         return True
 
     def _begin_stop(self, reason: str) -> asyncio.Task[None]:
         if self._stop_task is None:
-            self.state = ServerState.STOPPING
+            with self._admission:
+                self.state = ServerState.STOPPING
             self._watchdog.stop()
             self._stop_task = asyncio.ensure_future(self._stop(reason))
         return self._stop_task

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import os
 import queue
 import threading
@@ -26,15 +28,19 @@ import openai
 from anyio.from_thread import BlockingPortal
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ParsedChatCompletion
 
+from . import _http
+from ._blocking import BlockingRequestPath
 from ._lease import Lease
 from ._transport import LeasedSyncTransport
 from .config import ServerConfig
 from .errors import ModelClosedError
-from .model import AsyncSGLangModel, ChatStream, GenerateStream, ModelT
+from .model import AsyncSGLangModel, ChatRequest, GenerateStream, ModelT
 from .native import GenerateChunk, GenerateResult, LoRAUpdateResult, SamplingParams, UpdateWeightsResult
 from .server import EventCallback, LaunchedServer, ServerState
 
 __all__ = ["SGLangModel", "SyncChatStream", "SyncGenerateStream", "SyncTokenCounter"]
+
+logger = logging.getLogger("sglang_backend")
 
 _WAKE_INTERVAL = 0.2
 _CANCEL_WAIT = 10.0
@@ -326,11 +332,76 @@ class _SyncStream(Iterator[ItemT], Generic[ItemT]):
         self._reader.cancel()
 
 
-class SyncChatStream(_SyncStream[ChatCompletionChunk]):
-    """A plain iterator of ``ChatCompletionChunk``; breaking out of the loop closes it."""
+class SyncChatStream(Iterator[ChatCompletionChunk]):
+    """A plain iterator of ``ChatCompletionChunk``; breaking out of the loop closes it.
 
-    def __init__(self, portal: _Portal, stream: ChatStream) -> None:
-        super().__init__(portal, stream)
+    The blocking SDK stream is read in the caller's thread (no loop hop per chunk). It counts
+    as in flight until exhausted or closed; closed early, the request is aborted on the
+    server. Ctrl-C while waiting for a chunk closes it (the model stays usable).
+    """
+
+    def __init__(
+        self,
+        stream: openai.Stream[ChatCompletionChunk],
+        lease: Lease,
+        path: BlockingRequestPath,
+        abort: Callable[[], None],
+    ) -> None:
+        self._stream = stream
+        self._iterator = iter(stream)
+        self._lease = lease
+        self._path = path
+        self._abort = abort
+        self._finished = False  # the server ended it: nothing left to abort
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __iter__(self) -> SyncChatStream:
+        return self
+
+    def __next__(self) -> ChatCompletionChunk:
+        if self._closed:
+            raise StopIteration
+        try:
+            return next(self._iterator)
+        except StopIteration:
+            self._finished = True
+            self.close()
+            raise
+        except BaseException as exc:
+            self.close()
+            error = self._path.translate(self._lease, exc)
+            if error is None or error is exc:
+                raise
+            raise error from exc
+
+    def close(self) -> None:
+        """Close the HTTP stream and release the request (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._stream.close()
+        except Exception:  # closing a broken connection must not mask the real error
+            logger.debug("error while closing a stream", exc_info=True)
+        finally:
+            self._lease.release()
+            if not self._finished:
+                self._abort()
+
+    def __enter__(self) -> SyncChatStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # Dropped mid-way (a `break` without close()): give the slot back.
+        if not self._closed:
+            self.close()
 
 
 class SyncGenerateStream(_SyncStream[GenerateChunk]):
@@ -379,14 +450,17 @@ class SGLangModel:
         *,
         server: ServerConfig | None = None,
         on_event: EventCallback | None = None,
+        connect_timeout: float | None = None,
     ) -> None:
         self._async = AsyncSGLangModel(
             model_type, model_config_dict, api_key, url, None, timeout,
-            server=server, on_event=on_event,
+            server=server, on_event=on_event, connect_timeout=connect_timeout,
         )
         self._user_counter = token_counter
         self._runtime = _Runtime(self._async)
         self._finalizer = weakref.finalize(self, self._runtime.finalize)
+        self._blocking = BlockingRequestPath(self._async.request_path, self._runtime.portal)
+        self._sdk_cache: tuple[tuple[object, str, str | None], openai.OpenAI] | None = None
 
     # -- delegated state ------------------------------------------------------------------
     @property
@@ -441,6 +515,11 @@ class SGLangModel:
     def timeout(self) -> float:
         """The per-request timeout in seconds."""
         return self._async.timeout
+
+    @property
+    def connect_timeout(self) -> float:
+        """Seconds a connection to the server may take."""
+        return self._async.connect_timeout
 
     @property
     def closed(self) -> bool:
@@ -722,10 +801,53 @@ class SGLangModel:
         *,
         stream: bool | None = None,
     ) -> ChatCompletion | SyncChatStream:
-        """Blocking :meth:`AsyncSGLangModel.run`; streams come back as a plain iterator."""
-        result = self._runtime.portal.call(
-            self._async.run, messages, response_format, tools, stream=stream
+        """Blocking :meth:`AsyncSGLangModel.run`; streams come back as a plain iterator.
+
+        The request is the async model's own (:meth:`chat_request`), admitted under the same
+        lease rules, sent from this thread on the server run's blocking pool, its errors
+        translated by the same translation; the loop thread is visited only to (re)start the
+        server or to judge a failure.
+        """
+        if self._runtime.closed:
+            raise ModelClosedError("the model is closed")
+        request = self._async.chat_request(messages, response_format, tools, stream=stream)
+        path = self._blocking
+
+        def send(lease: Lease) -> Any:
+            return self._sdk(lease).chat.completions.create(**request.kwargs)
+
+        if request.stream:
+            sdk_stream, lease = path.open(send)
+            return SyncChatStream(sdk_stream, lease, path,
+                                  functools.partial(self._abort_later, lease, request.rid))
+        return request.finish(path.call(send))
+
+    def chat_request(
+        self,
+        messages: Any,
+        response_format: Any = None,
+        tools: Any = None,
+        *,
+        stream: bool | None = None,
+    ) -> ChatRequest:
+        """What :meth:`run` would send (:meth:`AsyncSGLangModel.chat_request`; no I/O)."""
+        return self._async.chat_request(messages, response_format, tools, stream=stream)
+
+    def _sdk(self, lease: Lease) -> openai.OpenAI:
+        # One blocking SDK client per server run (its pool is the run's): re-pointed on the
+        # first call of a run, then the hot path is one tuple comparison.
+        cached = self._sdk_cache
+        target = (lease.pool, lease.base_url, lease.api_key)
+        if cached is not None and cached[0] == target:
+            return cached[1]
+        client = openai.OpenAI(
+            base_url=f"{lease.base_url}/v1", api_key=lease.api_key or "EMPTY",
+            http_client=lease.pool.sync_client(), max_retries=0,
+            timeout=_http.httpx.Timeout(self._async.timeout, connect=self._async.connect_timeout),
         )
-        if isinstance(result, ChatStream):
-            return SyncChatStream(self._runtime.portal, result)
-        return result
+        self._sdk_cache = (target, client)
+        return client
+
+    def _abort_later(self, lease: Lease, rid: str) -> None:
+        path = self._async.request_path
+        self._runtime.portal.call_soon(functools.partial(path.abort_later, lease, rid))

@@ -63,3 +63,12 @@ def test_check_regex_names_the_field_and_the_reason() -> None:
         check_regex("(a", "regex")
     with pytest.raises(InvalidRequestError, match="must be a string"):
         check_regex([1], "stop_regex")
+
+
+def test_the_model_refuses_a_per_call_response_format_over_a_configured_regex() -> None:
+    from sglang_backend import AsyncSGLangModel, SGLangModel
+
+    messages = [{"role": "user", "content": "x"}]
+    for model in (AsyncSGLangModel("m", {"regex": "[a-z]+"}), SGLangModel("m", {"regex": "[a-z]+"})):
+        with pytest.raises(InvalidRequestError, match="only one of response_format, regex"):
+            model.chat_request(messages, {"type": "json_object"})  # before any I/O
