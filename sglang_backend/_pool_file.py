@@ -88,9 +88,11 @@ def load_pool_file(path: str | Path) -> PoolFile:
         except pydantic.ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise ConfigError(f"{path}: [models.{name}.server]: {problems}") from None
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: [models.{name}.server]: {exc}") from None
         parsed.models[name] = spec
     try:  # names, aliases, budgets and policy checked as the pool would
         parsed.build()
-    except TypeError as exc:
+    except (TypeError, ConfigError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
     return parsed

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -16,8 +17,9 @@ from pathlib import Path
 import openai
 import pytest
 
-from sglang_backend import ModelPool, ServerConfig, ServerEvent
+from sglang_backend import ConfigError, ModelPool, ServerConfig, ServerEvent
 from sglang_backend._http import httpx
+from sglang_backend._pool_file import load_pool_file
 from sglang_backend.front import PoolFront
 from sglang_backend.testing import standin_command
 
@@ -182,3 +184,67 @@ def test_cli_serve_pool_then_ctrl_c(tmp_path: Path, events_file: Path) -> None:
     events = [json.loads(line) for line in events_file.read_text().splitlines()]
     assert sum(1 for e in events if e["event"] == "ready") == 2
     assert sum(1 for e in events if e["event"] == "exit") == 2  # both servers ended
+
+
+async def test_client_leaving_mid_stream_frees_the_model(front: PoolFront) -> None:
+    async with httpx.AsyncClient(base_url=front.url, timeout=30,
+                                 headers={"Authorization": f"Bearer {front.api_key}"}) as http:
+        body = {"model": "a", "messages": MESSAGES, "max_tokens": 64, "stream": True}
+        async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            async for _line in response.aiter_lines():
+                break
+            server = front.pool.model("a").model.server
+            assert server is not None
+            assert server.inflight >= 1  # the open relay holds the member
+    for _ in range(200):
+        if server.inflight == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert server.inflight == 0
+
+
+async def test_queue_full_is_429_before_any_launch(standin: Standin) -> None:
+    pool = ModelPool(max_waiting=0)
+    pool.add("a", MODEL, server=standin(served_model_name="a"))
+    async with PoolFront(pool) as running:
+        client = _client(running)
+        with pytest.raises(openai.RateLimitError, match="max_waiting=0"):
+            await client.chat.completions.create(model="a", messages=MESSAGES)
+        await client.close()
+        assert pool.model("a").model.server is None or pool.model("a").model.pid is None
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ('[pool]\nmax_loded = 2\n[models.a]\nmodel_path = "m"\n', r"unknown key\(s\) in \[pool\]: max_loded"),
+    ('[models.a]\nmodel_path = "m"\ncolour = 1\n', r"\[models.a\]: colour"),
+    ('[models.a]\naliases = ["x"]\n', "needs model_path"),
+    ('[models.a]\nmodel_path = "m"\n[models.a.server]\ntp_size = 0\n', r"\[models.a.server\]: .*tp_size"),
+    ('[pool]\nmax_loaded = 2\n', "no models"),
+    ('[models.a]\nmodel_path = "m"\naliases = ["b"]\n[models.b]\nmodel_path = "m"\n', "already used"),
+    ("[models\n", "not valid TOML"),
+])
+def test_pool_file_errors_name_the_place(tmp_path: Path, text: str, error: str) -> None:
+    path = tmp_path / "pool.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=error):
+        load_pool_file(path)
+
+
+def test_pool_file_builds_the_policy(tmp_path: Path) -> None:
+    path = tmp_path / "pool.toml"
+    path.write_text('[pool]\nmax_loaded = 3\nserial_starts = "pool"\n[front]\nport = 1234\n'
+                    '[models.a]\nmodel_path = "m"\npinned = true\ngroup = "g"\ngpus = [2, 3]\n'
+                    'memory = 0.5\n[models.a.server]\nserved_model_name = "served"\n')
+    spec = load_pool_file(path)
+    assert spec.front == {"port": 1234}
+    pool = spec.build()
+    assert pool.max_loaded == 3
+    assert pool.serial_starts == "pool"
+    (member,) = pool.describe()
+    assert member["pinned"] is True
+    assert member["group"] == "g"
+    assert member["gpus"] == [2, 3]
+    assert member["memory"] == 0.5
+    assert pool.model("a").request_model == "served"
