@@ -245,3 +245,21 @@ def test_abort_refuses_what_the_contract_refuses(native: Any) -> None:
     assert native.post("/abort_request", json={"rid": ["a", "b"]}).status_code == 422
     api_types.AbortRequest.from_json_value({"rid": "a", "abort_all": False})
     assert native.post("/abort_request", json={"rid": "a", "abort_all": False}).status_code == 200
+
+
+def test_models_with_adapters_are_a_model_list(native: Any) -> None:
+    models = judge(protocol.ModelList, native.get("/v1/models").json())
+    adapters = [card for card in models.data if card.parent is not None]
+    assert adapters
+    assert all(card.max_model_len is None for card in adapters)
+
+
+def test_api_key_from_a_config_file_reaches_server_args(tmp_path: Path) -> None:
+    config = _write(tmp_path, "api-key: from-file\nadmin-api-key: admin-from-file\n")
+    merged = ConfigArgumentMerger(sglang_parser()).merge_config_with_args(
+        ["--model-path", "m", "--config", config]
+    )
+    parsed = sglang_parser().parse_args(merged)
+    assert (parsed.api_key, parsed.admin_api_key) == ("from-file", "admin-from-file")
+    ours, _ = merge_config(build_parser(), ["--model-path", "m", "--config", config])
+    assert ours == merged
