@@ -56,7 +56,7 @@ async def serve_pool(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if extra:
         raise UsageError(f"--pool takes its SGLang flags from the pool file, not the command "
                          f"line: {' '.join(extra)}")
-    spec = load_pool_file(args.pool)
+    spec = await asyncio.to_thread(load_pool_file, args.pool)  # file I/O off the loop
     front_opts = spec.front
     host = args.host if args.host != "127.0.0.1" else front_opts.get("host", "127.0.0.1")
     port = args.port if args.port is not None else int(front_opts.get("port", 0))

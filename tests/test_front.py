@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import openai
+import psutil
 import pytest
 
 from sglang_backend import ConfigError, ModelPool, ServerConfig, ServerEvent
@@ -23,7 +24,7 @@ from sglang_backend._pool_file import load_pool_file
 from sglang_backend.front import PoolFront
 from sglang_backend.testing import standin_command
 
-from .conftest import MODEL
+from .conftest import MODEL, read_events
 
 MESSAGES = [{"role": "user", "content": "Tell me a story about GPUs"}]
 Standin = Callable[..., ServerConfig]
@@ -150,22 +151,25 @@ shutdown_timeout = 5
     return path
 
 
-def test_cli_serve_pool_then_ctrl_c(tmp_path: Path, events_file: Path) -> None:
-    path = _pool_file(tmp_path, events_file)
+def _launch_cli(path: Path) -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "SGLANG_API_KEY": "front-key-123"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "sglang_backend.cli", "serve", "--pool", str(path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        match = re.search(r"URL:\s+(http://127\.0\.0\.1:\d+)", line)
+        if match:
+            return proc, match.group(1)
+    proc.wait()
+    raise AssertionError(f"no URL printed; stderr: {proc.stderr.read() if proc.stderr else ''}")
+
+
+def test_cli_serve_pool_then_ctrl_c(tmp_path: Path, events_file: Path) -> None:
+    path = _pool_file(tmp_path, events_file)
+    proc, url = _launch_cli(path)
     try:
-        assert proc.stdout is not None
-        url = None
-        for line in proc.stdout:
-            match = re.search(r"URL:\s+(http://127\.0\.0\.1:\d+)", line)
-            if match:
-                url = match.group(1)
-                break
-        assert url is not None
         client = openai.OpenAI(base_url=url + "/v1", api_key="front-key-123", max_retries=0)
         assert [m.id for m in client.models.list().data] == ["small", "large"]
         assert client.chat.completions.create(model="router", messages=MESSAGES).model == "small"
@@ -248,3 +252,23 @@ def test_pool_file_builds_the_policy(tmp_path: Path) -> None:
     assert member["gpus"] == [2, 3]
     assert member["memory"] == 0.5
     assert pool.model("a").request_model == "served"
+
+
+def test_cli_killed_takes_the_pool_servers_with_it(tmp_path: Path, events_file: Path) -> None:
+    proc, url = _launch_cli(_pool_file(tmp_path, events_file))
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="front-key-123", max_retries=0)
+        client.chat.completions.create(model="small", messages=MESSAGES)
+        client.close()
+        pids = {e["pid"] for e in read_events(events_file) if e["event"] == "ready"}
+        assert len(pids) == 1
+        proc.kill()  # SIGKILL: no finally, no atexit in the front
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    deadline = time.monotonic() + 20
+    while any(psutil.pid_exists(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(psutil.pid_exists(p) for p in pids)
