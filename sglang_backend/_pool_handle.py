@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +22,10 @@ if TYPE_CHECKING:
 __all__ = ["PoolModel"]
 
 httpx = _http.httpx
+# Model methods passed through without admission: they must never load a model.
+_DIRECT = frozenset({"abort", "abort_all", "is_ready", "touch", "check_model_config"})
+# The pool owns its members' lives.
+_REFUSED = frozenset({"aclose", "close", "cleanup"})
 
 
 class _NotifyingStream(httpx.AsyncByteStream):
@@ -84,6 +90,24 @@ class PoolModel:
 
     def __repr__(self) -> str:
         return f"PoolModel({self.name!r}, state={self.state.value})"
+
+    def __getattr__(self, name: str) -> Any:
+        """Any other model method; coroutine methods are admitted (and loaded) by the pool
+        (``server_info``, ``flush_cache``, ``load_lora_adapter``, …)."""
+        if name.startswith("_") or name in _REFUSED:
+            raise AttributeError(
+                f"{type(self).__name__} has no attribute {name!r}"
+                + (" (the pool stops its members: pool.aclose())" if name in _REFUSED else ""))
+        attr = getattr(self._member.model, name)
+        if name in _DIRECT or not inspect.iscoroutinefunction(attr):
+            return attr
+
+        @functools.wraps(attr)
+        async def admitted(*args: Any, **kwargs: Any) -> Any:
+            async with self._pool._admitted(self._member):
+                return await attr(*args, **kwargs)
+
+        return admitted
 
     def lease(self) -> contextlib.AbstractAsyncContextManager[Lease]:
         """``async with handle.lease() as lease:`` — load if needed, admit one request."""

@@ -228,6 +228,15 @@ async def test_openai_client_and_unknown_model(standin: Standin) -> None:
         await asyncio.wait_for(waiting, 30)
         assert pool.loaded() == ["b"]
         await client.close()
+        await pool.model("b").stop()
+        assert pool.loaded() == []
+        info_a = await pool.model("a").server_info()  # any model method, admitted: loads a
+        assert isinstance(info_a, dict)
+        assert pool.loaded() == ["a"]
+        await pool.model("b").abort_all()  # never loads a model for nothing
+        assert pool.loaded() == ["a"]
+        with pytest.raises(AttributeError, match=r"pool\.aclose"):
+            await pool.model("a").aclose()
         with pytest.raises(UnknownModelError) as info:
             pool.model("nope")
         assert info.value.known == ["a", "b"]
