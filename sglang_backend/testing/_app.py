@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from sglang_backend.testing import _admin, _embeddings, _generate, _lora
 from sglang_backend.testing import _tokenizer as tok
 from sglang_backend.testing._auth import AuthMiddleware
+from sglang_backend.testing._checks import check_context, check_sampling
 from sglang_backend.testing._engine import (
     ConstraintError,
     Generation,
@@ -70,33 +71,6 @@ class _Reply(Exception):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def check_sampling(temperature: float | None, top_p: float | None, max_new: int | None) -> None:
-    """SGLang's SamplingParams.verify wording for the values a client gets wrong."""
-    if temperature is not None and temperature < 0:
-        raise _BadRequest(f"temperature must be non-negative, got {temperature}.")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise _BadRequest(f"top_p must be in (0, 1], got {top_p}.")
-    if max_new is not None and max_new < 0:
-        raise _BadRequest(f"max_new_tokens must be at least 0, got {max_new}.")
-
-
-def check_context(prompt_tokens: int, max_new: int | None, context_len: int) -> None:
-    """SGLang's TokenizerManager context-length checks (real wording)."""
-    if prompt_tokens >= context_len:
-        raise _BadRequest(
-            f"The input ({prompt_tokens} tokens) is longer than the model's context length "
-            f"({context_len} tokens)."
-        )
-    if max_new is not None and max_new + prompt_tokens >= context_len:
-        raise _BadRequest(
-            "Requested token count exceeds the model's maximum context length "
-            f"of {context_len} tokens. You requested a total of {max_new + prompt_tokens} "
-            f"tokens: {prompt_tokens} tokens from the input messages and "
-            f"{max_new} tokens for the completion. Please reduce the number of tokens in the "
-            "input messages or the completion to fit within the limit."
-        )
 
 
 def usage_body(

@@ -23,6 +23,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sglang_backend.testing import _tokenizer as tok
+from sglang_backend.testing._checks import check_context
 from sglang_backend.testing._lora import parse_model
 from sglang_backend.testing._protocol import validation_message
 from sglang_backend.testing._replies import BadRequest, JSONResponse, json_body, native_error, openai_error
@@ -119,11 +120,7 @@ def register(app: FastAPI, state: ServerState) -> None:
     args = state.args
 
     def check_length(ids: list[int]) -> None:
-        if len(ids) >= args.context_length:
-            raise BadRequest(
-                f"The input ({len(ids)} tokens) is longer than the model's context length "
-                f"({args.context_length} tokens)."
-            )
+        check_context(len(ids), None, args.context_length)
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Response:

@@ -28,6 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
 from sglang_backend.testing import _tokenizer as tok
+from sglang_backend.testing._checks import check_context, check_sampling
 from sglang_backend.testing._engine import (
     ConstraintError,
     Generation,
@@ -163,28 +164,9 @@ def _rids(body: Mapping[str, Any], count: int) -> list[str]:
 
 def _check(params: Mapping[str, Any], prompt_tokens: int, context_len: int) -> None:
     """SamplingParams.verify and the TokenizerManager length checks (SGLang's wording)."""
-    temperature = params.get("temperature")
-    top_p = params.get("top_p")
     max_new = params.get("max_new_tokens", 128)
-    if temperature is not None and temperature < 0:
-        raise BadRequest(f"temperature must be non-negative, got {temperature}.")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise BadRequest(f"top_p must be in (0, 1], got {top_p}.")
-    if max_new is not None and max_new < 0:
-        raise BadRequest(f"max_new_tokens must be at least 0, got {max_new}.")
-    if prompt_tokens >= context_len:
-        raise BadRequest(
-            f"The input ({prompt_tokens} tokens) is longer than the model's context length "
-            f"({context_len} tokens)."
-        )
-    if max_new is not None and max_new + prompt_tokens >= context_len:
-        raise BadRequest(
-            "Requested token count exceeds the model's maximum context length "
-            f"of {context_len} tokens. You requested a total of {max_new + prompt_tokens} "
-            f"tokens: {prompt_tokens} tokens from the input messages and "
-            f"{max_new} tokens for the completion. Please reduce the number of tokens in the "
-            "input messages or the completion to fit within the limit."
-        )
+    check_sampling(params.get("temperature"), params.get("top_p"), max_new)
+    check_context(prompt_tokens, max_new, context_len)
 
 
 def _stream_error(message: str, code: int = 400) -> bytes:
