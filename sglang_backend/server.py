@@ -79,6 +79,8 @@ class ServerEvent:
     ``kind`` is one of:
 
     * ``launching`` / ``relaunching`` — a server (or router group) is being started;
+    * ``download`` — the model is downloaded before the launch (``detail``: ``phase`` one of
+      ``start``/``progress``/``done``, ``bytes``, ``total_bytes``, ``files``, ``total_files``);
     * ``phase`` — a startup phase seen in the log (``detail``: ``phase``, ``elapsed``, ``line``);
     * ``ready`` — ready to serve (``detail["duration"]``: launch to ready, in seconds);
     * ``start_failed`` — the start failed (``detail``: ``error``, ``returncode``);
