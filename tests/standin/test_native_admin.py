@@ -195,7 +195,8 @@ async def test_abort_request_body_and_unknown_rid(admin: httpx.AsyncClient, serv
     assert listed.status_code == 422  # AbortReq.rid is a string in 0.5.23
 
 
-async def test_client_disconnect_aborts(server: Standin) -> None:
+async def _stream_and_leave(server: Standin) -> str:
+    """Start a long /generate stream, read one event, close the connection; return its rid."""
     rid = secrets.token_hex(8)
     body = {
         "text": "x",
@@ -210,6 +211,11 @@ async def test_client_disconnect_aborts(server: Standin) -> None:
         async for line in reply.aiter_lines():
             if line.startswith("data: "):
                 break  # leave after the first event: the connection closes
+    return rid
+
+
+async def test_client_disconnect_aborts(server: Standin) -> None:
+    rid = await _stream_and_leave(server)
     for _ in range(100):
         if any(e["rid"] == rid and e["reason"] == "disconnect" for e in _events(server, "abort")):
             break
@@ -403,20 +409,7 @@ async def test_abort_right_after_a_disconnect_is_the_one_that_counts(
     server: Standin, admin: httpx.AsyncClient
 ) -> None:
     # SGLang aborts a disconnected request only ~2 s later: a client's prompt abort wins.
-    rid = secrets.token_hex(8)
-    body = {
-        "text": "x",
-        "rid": rid,
-        "stream": True,
-        "sampling_params": {"max_new_tokens": 200, "ignore_eos": True},
-    }
-    async with (
-        httpx.AsyncClient(base_url=server.base_url, headers=server.headers, timeout=30) as client,
-        client.stream("POST", "/generate", json=body) as reply,
-    ):
-        async for line in reply.aiter_lines():
-            if line.startswith("data: "):
-                break
+    rid = await _stream_and_leave(server)
     await asyncio.sleep(0.2)
     assert (await admin.post("/abort_request", json={"rid": rid})).status_code == 200
     await asyncio.sleep(2.5)
