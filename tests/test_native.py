@@ -27,10 +27,32 @@ from sglang_backend import (
     SGLangModel,
 )
 from sglang_backend.native import build_generate, new_rid
+from sglang_backend.router import RouterGroup
 
 from .conftest import MODEL, read_events
 
 Standin = Callable[..., ServerConfig]
+
+
+def _by_abort_request(event: dict[str, Any]) -> bool:
+    """An ``abort`` line on the stand-in. Its ``reason`` is ``abort_request`` when our abort
+    arrived first, ``disconnect`` when the stand-in noticed the closed connection first (as
+    SGLang does, later); :func:`_spy_aborts` shows that ours was sent either way."""
+    return event["event"] == "abort" and event.get("reason") in ("abort_request", "disconnect")
+
+
+def _spy_aborts(model: AsyncSGLangModel) -> list[tuple[str, int]]:
+    """Record every ``/abort_request`` the model posts, as (rid, number of servers told)."""
+    path = model.request_path
+    real = path.abort
+    sent: list[tuple[str, int]] = []
+
+    async def abort(lease: Any, body: dict[str, Any]) -> None:
+        await real(lease, body)  # raises unless every server answered 2xx
+        sent.append((body["rid"], len(lease.direct_urls)))
+
+    path.abort = abort  # type: ignore[method-assign]
+    return sent
 
 
 @pytest.fixture
@@ -47,7 +69,7 @@ async def _wait_for(events_file: Path, predicate: Callable[[dict[str, Any]], boo
             if predicate(event):
                 return event
         await asyncio.sleep(0.01)
-    raise AssertionError(f"no such event in {[e['event'] for e in read_events(events_file)]}")
+    raise AssertionError(f"no such event in {read_events(events_file)}")
 
 
 # -- bad input: typed errors before any I/O ---------------------------------------------------
@@ -224,7 +246,8 @@ async def test_a_server_error_is_typed(model: AsyncSGLangModel) -> None:
 async def test_cancelling_generate_aborts_it_on_the_server(
     standin: Standin, events_file: Path
 ) -> None:
-    async with AsyncSGLangModel(MODEL, server=standin(token_delay=0.05)) as model:
+    async with AsyncSGLangModel(MODEL, server=standin(token_delay=0.5)) as model:
+        sent = _spy_aborts(model)
         rid = new_rid()
         task = asyncio.ensure_future(
             model.generate("Tell a long story", rid=rid,
@@ -232,10 +255,13 @@ async def test_cancelling_generate_aborts_it_on_the_server(
         await _wait_for(events_file, lambda e: e["event"] == "request" and e.get("rid") == rid)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
-            await task
+            await task  # at once: the abort is not awaited by the cancelled caller
+        assert sent == []
         abort = await _wait_for(events_file,
-                                lambda e: e["event"] == "abort" and e.get("rid") == rid)
+                                lambda e: _by_abort_request(e) and e.get("rid") == rid)
         assert abort["rid"] == rid
+        await model.request_path.wait_aborts()
+        assert sent == [(rid, 1)]
         assert model.server is not None
         assert model.server.inflight == 0
         # The model keeps working, and the request is gone from the server.
@@ -243,35 +269,75 @@ async def test_cancelling_generate_aborts_it_on_the_server(
                           GenerateResult)
 
 
+async def test_cancelling_behind_a_router_aborts_on_the_worker_that_holds_it(
+    standin: Standin, events_file: Path
+) -> None:
+    config = standin(replicas=2, token_delay=0.5)
+    async with AsyncSGLangModel(MODEL, server=config) as model:
+        sent = _spy_aborts(model)
+        rid = new_rid()
+        task = asyncio.ensure_future(
+            model.generate("Tell a long story", rid=rid,
+                           sampling_params={"max_new_tokens": 200, "ignore_eos": True}))
+        request = await _wait_for(events_file,
+                                  lambda e: e["event"] == "request" and e.get("rid") == rid)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # Routers do not forward aborts: the worker holding the request got it directly.
+        await _wait_for(events_file, lambda e: _by_abort_request(e) and e.get("rid") == rid
+                        and e["pid"] == request["pid"])
+        group = model.server.process if model.server else None
+        assert isinstance(group, RouterGroup)
+        await model.request_path.wait_aborts()
+        assert sent == [(rid, 2)]  # every worker was told (the other had nothing to stop)
+        # abort(rid) on demand goes to the workers too.
+        rid = new_rid()
+        task = asyncio.ensure_future(
+            model.generate("Tell a long story", rid=rid,
+                           sampling_params={"max_new_tokens": 200, "ignore_eos": True}))
+        await _wait_for(events_file, lambda e: e["event"] == "request" and e.get("rid") == rid)
+        await model.abort(rid)
+        result = await task
+        assert isinstance(result, GenerateResult)
+        assert result.finish_reason == "abort"
+
+
 async def test_cancelling_chat_aborts_it_by_its_rid(standin: Standin, events_file: Path) -> None:
-    async with AsyncSGLangModel(MODEL, server=standin(token_delay=0.05)) as model:
+    async with AsyncSGLangModel(MODEL, server=standin(token_delay=0.5)) as model:
         task = asyncio.ensure_future(model.run(
             [{"role": "user", "content": "Tell a long story"}]))
         request = await _wait_for(events_file,
                                   lambda e: e["event"] == "request" and bool(e.get("rid")))
         rid = request["rid"]
         assert len(rid) == 32
+        sent = _spy_aborts(model)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await _wait_for(events_file, lambda e: e["event"] == "abort" and e.get("rid") == rid)
+        await _wait_for(events_file, lambda e: _by_abort_request(e) and e.get("rid") == rid)
+        await model.request_path.wait_aborts()
+        assert sent == [(rid, 1)]
 
 
 async def test_closing_a_stream_early_aborts_it(standin: Standin, events_file: Path) -> None:
-    async with AsyncSGLangModel(MODEL, server=standin(token_delay=0.05)) as model:
+    async with AsyncSGLangModel(MODEL, server=standin(token_delay=0.5)) as model:
+        sent = _spy_aborts(model)
         stream = await model.generate("Tell a long story", stream=True,
                                       sampling_params={"max_new_tokens": 200,
                                                        "ignore_eos": True})
         async with stream:
             await stream.__anext__()
         await _wait_for(events_file,
-                        lambda e: e["event"] == "abort" and e.get("rid") == stream.rid)
+                        lambda e: _by_abort_request(e) and e.get("rid") == stream.rid)
         chat = await model.run([{"role": "user", "content": "Tell a long story"}], stream=True)
         async with chat:
             await chat.__anext__()
         request = [e for e in read_events(events_file) if e["event"] == "request"][-1]
         await _wait_for(events_file,
-                        lambda e: e["event"] == "abort" and e.get("rid") == request["rid"])
+                        lambda e: _by_abort_request(e) and e.get("rid") == request["rid"])
+        await model.request_path.wait_aborts()
+        assert sent == [(stream.rid, 1), (request["rid"], 1)]
 
 
 async def test_a_finished_request_is_not_aborted(model: AsyncSGLangModel,
