@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from sglang_backend import ModelClosedError, ModelPool, ServerConfig, ServerEvent
+from sglang_backend import ModelClosedError, ModelPool, ServerConfig, ServerEvent, ServerStartError
 from sglang_backend.pool import PoolQueueFullError, PoolTimeoutError, UnknownModelError
 from sglang_backend.pool_sync import SyncModelPool
 
@@ -258,3 +258,19 @@ def test_sync_twin_swaps_and_streams(standin: Standin) -> None:
     assert pool.loaded() == []
     with pytest.raises(ModelClosedError):
         pool.model("a").run(MESSAGES)
+
+
+async def test_failed_load_reaches_every_waiter_and_the_pool_goes_on(standin: Standin) -> None:
+    events: list[ServerEvent] = []
+    pool = ModelPool(max_loaded=1, on_event=events.append)
+    pool.add("broken", MODEL, server=standin(served_model_name="broken", fail_at_load=True))
+    pool.add("ok", MODEL, server=standin(served_model_name="ok"))
+    async with pool:
+        results = await asyncio.gather(*(pool.model("broken").run(MESSAGES) for _ in range(3)),
+                                       return_exceptions=True)
+        assert all(isinstance(r, ServerStartError) for r in results), results
+        assert _kinds(events, "load_failed") == ["broken"]  # one start shared by three waiters
+        assert pool.loaded() == []
+        assert pool.waiting == 0
+        assert (await pool.model("ok").run(MESSAGES)).model == "ok"
+        assert _kinds(events, "evicted") == []  # a failed member holds no room
