@@ -4,6 +4,7 @@
   "Either text, input_ids or input_embeds should be provided."; both: ``input_ids`` is
   used (0.5.23 only refuses text, input_ids *and* input_embeds together).
 * A list input, or ``sampling_params.n`` > 1, answers a JSON list (inputs times n).
+  Streamed, the outputs are interleaved token by token, each event with its ``index``.
 * ``sampling_params`` (an object, or one per input) is checked against the API contract:
   the first unknown key is a 400 ``{"error": "unknown field `k`, expected one of …"}``.
 * Other request errors: 400 ``{"error": {"message"}}``; when streaming, a 200 stream
@@ -344,26 +345,47 @@ def register(app: FastAPI, state: ServerState) -> None:
         state.generation_tokens_total += gen.completion_tokens
         return output(item, gen, steps, finish_of(gen), started, ask)
 
-    async def stream(item: _Item, crash: bool, started: float, ask: _Logprobs) -> AsyncIterator[bytes]:
-        state.enter(item.rid, "generate")
+    async def stream(
+        items: Sequence[_Item], indexed: bool, crash: bool, started: float, ask: _Logprobs
+    ) -> AsyncIterator[bytes]:
+        """Stream every item token by token; a batch interleaves them with ``index`` (SGLang's
+        ``_stream_batch_responses``)."""
+        for item in items:
+            state.enter(item.rid, "generate")
         try:
-            gen = decode(item, ask)
-            for step in range(len(gen.token_ids)):
-                if await state.registry.wait(item.rid, delay):
-                    yield sse(output(item, gen, step, dict(ABORT_FINISH), started, ask))
+            gens = [decode(item, ask) for item in items]
+            done = [False] * len(items)
+            sent = 0
+            for step in range(max(len(g.token_ids) for g in gens)):
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                for index, (item, gen) in enumerate(zip(items, gens, strict=True)):
+                    if done[index]:
+                        continue
+                    if state.registry.aborted(item.rid):
+                        out = output(item, gen, step, dict(ABORT_FINISH), started, ask)
+                        done[index] = True
+                    else:
+                        last = step == len(gen.token_ids) - 1
+                        out = output(item, gen, step + 1, finish_of(gen) if last else None, started, ask)
+                        if last:
+                            done[index] = True
+                            state.generation_tokens_total += gen.completion_tokens
+                    if indexed:
+                        out["index"] = index
+                    yield sse(out)
+                    sent += 1
+                    if crash and sent >= 2:
+                        await asyncio.sleep(0.05)
+                        await state.crash_now()
+                if all(done):
                     break
-                done = step == len(gen.token_ids) - 1
-                yield sse(output(item, gen, step + 1, finish_of(gen) if done else None, started, ask))
-                if crash and step >= 1:
-                    await asyncio.sleep(0.05)
-                    await state.crash_now()
-            else:
-                state.generation_tokens_total += gen.completion_tokens
             if crash:
                 await state.crash_now()
             yield DONE
         finally:
-            state.leave(item.rid)
+            for item in items:
+                state.leave(item.rid)
 
     async def errors(message: str) -> AsyncIterator[bytes]:
         yield _stream_error(message)
@@ -400,10 +422,8 @@ def register(app: FastAPI, state: ServerState) -> None:
         state.prompt_tokens_total += sum(i.prompt_tokens for i in items)
         await state.unpaused.wait()  # /pause_generation holds new requests (TokenizerManager.is_pause_cond)
         if is_stream:
-            # One streamed output (the first); SGLang interleaves batch streams by index.
-            first = items[0]
             return StreamingResponse(
-                state.watch(first.rid, stream(first, crash, started, ask), request),
+                state.watch([i.rid for i in items], stream(items, as_list, crash, started, ask), request),
                 media_type="text/event-stream",
             )
         for item in items:

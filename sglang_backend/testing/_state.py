@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -96,7 +96,7 @@ class ServerState:
         self.registry.finish(rid)
 
     async def watch(
-        self, rid: str, chunks: AsyncIterator[bytes], request: Request | None = None
+        self, rid: str | Sequence[str], chunks: AsyncIterator[bytes], request: Request | None = None
     ) -> AsyncIterator[bytes]:
         """Stream *chunks*; if the client goes away first, abort *rid* as SGLang does.
 
@@ -113,7 +113,8 @@ class ServerState:
                 done = True
         finally:
             if not done:
-                self.registry.disconnected(rid)
+                for one in [rid] if isinstance(rid, str) else rid:
+                    self.registry.disconnected(one)
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()

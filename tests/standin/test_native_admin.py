@@ -415,3 +415,19 @@ async def test_abort_right_after_a_disconnect_is_the_one_that_counts(
     await asyncio.sleep(2.5)
     reasons = [e["reason"] for e in _events(server, "abort") if e["rid"] == rid]
     assert reasons == ["abort_request"]
+
+
+async def test_batch_stream_interleaves_with_index(http: httpx.AsyncClient) -> None:
+    body = {"text": ["a", "b c"], "stream": True, "sampling_params": {"max_new_tokens": 3, "n": 2}}
+    async with http.stream("POST", "/generate", json=body) as reply:
+        events = await _sse(reply)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert {c["index"] for c in chunks} == {0, 1, 2, 3}
+    assert [c["index"] for c in chunks[:4]] == [0, 1, 2, 3]  # one token each, in turn
+    finals = [c for c in chunks if c["meta_info"]["finish_reason"] is not None]
+    assert sorted(c["index"] for c in finals) == [0, 1, 2, 3]
+    assert all(len(c["output_ids"]) == 3 for c in finals)
+    single = {"text": "a", "stream": True, "sampling_params": {"max_new_tokens": 2}}
+    async with http.stream("POST", "/generate", json=single) as reply:
+        assert all("index" not in c for c in (await _sse(reply))[:-1])
