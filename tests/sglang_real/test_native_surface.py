@@ -263,3 +263,26 @@ def test_api_key_from_a_config_file_reaches_server_args(tmp_path: Path) -> None:
     assert (parsed.api_key, parsed.admin_api_key) == ("from-file", "admin-from-file")
     ours, _ = merge_config(build_parser(), ["--model-path", "m", "--config", config])
     assert ours == merged
+
+
+def test_logprobs_and_batch_streams_decode_with_the_contract(native: Any) -> None:
+    body = {
+        "text": ["hello there", "x"],
+        "return_logprob": True,
+        "top_logprobs_num": 2,
+        "return_text_in_logprobs": True,
+        "logprob_start_len": 0,
+        "token_ids_logprob": [3, 4],
+        "sampling_params": {"max_new_tokens": 3},
+    }
+    api_types.GenerateRequest.from_json_value(body)
+    for item in native.post("/generate", json=body).json():
+        decoded = api_types.GenerateResponse.from_json_value(item)
+        assert decoded.meta_info is not None
+        assert decoded.meta_info.output_token_logprobs is not None
+    with native.stream("POST", "/generate", json={**body, "stream": True}) as reply:
+        text = "".join(reply.iter_text())
+    chunks = [b[len("data: ") :] for b in text.split("\n\n") if b.strip()]
+    assert chunks[-1] == "[DONE]"
+    indexes = {api_types.GenerateResponse.from_json_value(json.loads(c)).index for c in chunks[:-1]}
+    assert indexes == {0, 1}
