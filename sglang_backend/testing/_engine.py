@@ -9,9 +9,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import jsonschema
-
-from sglang_backend.testing import _grammar
 from sglang_backend.testing import _tokenizer as tok
 from sglang_backend.testing._sampling import SamplingParams, TokenLogprob, choice_rng
 from sglang_backend.testing._schema import SchemaError, example_for_schema
@@ -60,6 +57,8 @@ def compile_constraint(regex: str | None, ebnf: str | None, json_schema: str | N
     if not given:
         return None
     kind, text = given[0]
+    from sglang_backend.testing import _grammar  # llguidance loads at the first decode, not at startup
+
     try:
         return _grammar.compile_grammar(kind, text)  # type: ignore[arg-type]
     except _grammar.GrammarError as exc:
@@ -164,6 +163,10 @@ def plan_call(name: str, parameters: Mapping[str, Any] | None) -> PlannedCall:
     built) the grammar engine decodes the arguments under the schema instead, so they are
     valid by construction.  Raises SchemaError if neither can produce arguments.
     """
+    import jsonschema
+
+    from sglang_backend.testing import _grammar
+
     schema: Mapping[str, Any] = parameters or {"type": "object", "properties": {}}
     target = ""
     try:
@@ -289,6 +292,8 @@ def sample_generation(
     section: SGLang applies the grammar after the reasoning ends).  *limits* are
     :func:`generate_tokens`' keyword arguments.
     """
+    from sglang_backend.testing import _grammar
+
     target = targets[0]
     if grammar is None:
         grammar, prefix = _grammar.literal_grammar(*targets), ""

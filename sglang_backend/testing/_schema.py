@@ -19,8 +19,6 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jsonschema
-
 __all__ = ["SchemaError", "example_for_schema", "tool_schema_problem"]
 
 _MAX_DEPTH = 24
@@ -62,6 +60,8 @@ def tool_schema_problem(parameters: Sequence[Mapping[str, Any] | None], *, force
         if schema is None:
             continue
         try:
+            import jsonschema  # imported on the first tool schema check, not at startup
+
             jsonschema.Draft202012Validator.check_schema(schema)
         except jsonschema.SchemaError as exc:
             return f"Tool {index} function has invalid 'parameters' schema: {exc}"
