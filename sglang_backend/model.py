@@ -241,7 +241,8 @@ class ChatStream(AsyncIterator[ChatCompletionChunk]):
 
 class GenerateStream(AsyncIterator[GenerateChunk]):
     """An async iterator of :class:`~sglang_backend.native.GenerateChunk` over a ``/generate``
-    stream; also an async context manager.
+    stream; also an async context manager. A streamed batch (or ``n > 1``) interleaves its
+    outputs: ``chunk.index`` says which.
 
     It counts as in flight until it is exhausted or closed. Closed early (``aclose``, leaving
     ``async with``, cancelling the consumer), the library aborts the request on the server by
@@ -249,13 +250,14 @@ class GenerateStream(AsyncIterator[GenerateChunk]):
     """
 
     def __init__(self, model: AsyncSGLangModel, response: _http.httpx.Response, lease: Lease,
-                 rid: str) -> None:
+                 rids: list[str]) -> None:
         self._model = model
         self._response = response
         self._lines = response.aiter_lines()
         self._lease = lease
-        self.rid = rid
-        self._text = ""
+        self.rids = rids
+        self.rid = rids[0]
+        self._texts: dict[int, str] = {}
         self._finished = False
         self._closed = False
         self._loop = asyncio.get_running_loop()
@@ -319,9 +321,9 @@ class GenerateStream(AsyncIterator[GenerateChunk]):
             except pydantic.ValidationError as exc:
                 raise RequestError(f"/generate streamed an unexpected event: {data[:200]}",
                                    body=body) from exc
-            text = chunk.text
-            delta = text[len(self._text):] if text.startswith(self._text) else text
-            self._text = text
+            text, before = chunk.text, self._texts.get(chunk.index, "")
+            delta = text[len(before):] if text.startswith(before) else text
+            self._texts[chunk.index] = text
             return chunk.model_copy(update={"delta": delta})
 
     async def aclose(self) -> None:
@@ -333,7 +335,7 @@ class GenerateStream(AsyncIterator[GenerateChunk]):
         self._model._streams.discard(self)
         self._lease.release()
         if not self._finished:
-            self._model._path.abort_later(self._lease, self.rid)
+            self._model._path.abort_later(self._lease, self.rids)
         try:
             await self._response.aclose()
         except Exception:  # closing a broken connection must not mask the real error
@@ -348,7 +350,7 @@ class GenerateStream(AsyncIterator[GenerateChunk]):
         with contextlib.suppress(RuntimeError):  # the loop is already closed
             self._loop.call_soon_threadsafe(
                 _abandon, self._lease, _ResponseCloser(self._response),
-                None if self._finished else self.rid, self._model._path)
+                None if self._finished else self.rids, self._model._path)
 
     async def __aenter__(self) -> GenerateStream:
         return self
@@ -653,7 +655,8 @@ class AsyncSGLangModel:
             lora_path: the name of a loaded LoRA adapter to generate with.
             rid: the request id (generated, 32 hex, unless given; a list for a batch). A
                 cancelled call is aborted on the server by it.
-            stream: return a :class:`GenerateStream` of chunks (one prompt, ``n=1``).
+            stream: return a :class:`GenerateStream` of chunks (a batch or ``n > 1``
+                interleaves its outputs, each chunk naming its ``index``).
 
         Returns:
             a :class:`~sglang_backend.native.GenerateResult`; a list of them for a batch or
@@ -696,7 +699,7 @@ class AsyncSGLangModel:
             return response
 
         response, lease = await self._path.open(send, rid=request.rids)
-        return GenerateStream(self, response, lease, request.rids[0])
+        return GenerateStream(self, response, lease, request.rids)
 
     async def abort(self, rid: str) -> None:
         """Abort the request ``rid`` on the server (every worker behind a router)."""
@@ -1249,7 +1252,7 @@ _SAMPLE_CHUNK: dict[str, Any] = {
 }
 
 
-def _abandon(lease: Lease, stream: _Closable, rid: str | None = None,
+def _abandon(lease: Lease, stream: _Closable, rid: str | list[str] | None = None,
              path: RequestPath | None = None) -> None:
     lease.release()
     if rid is not None and path is not None:

@@ -217,8 +217,10 @@ class GenerateResult(BaseModel):
 
 class GenerateChunk(GenerateResult):
     """One event of a ``/generate`` stream. As SGLang sends them, ``text`` and ``output_ids``
-    are cumulative; ``delta`` is the text this event added."""
+    are cumulative; ``delta`` is the text this event added. A streamed batch or ``n > 1``
+    interleaves its outputs, each event naming its output by ``index``."""
 
+    index: int = 0
     delta: str = ""
 
 
@@ -323,9 +325,6 @@ def build_generate(
     params = SamplingParams.of(sampling_params)
     body["sampling_params"] = params.wire()
     n = params.n or 1
-    if stream and (batched or n > 1):
-        raise InvalidRequestError("stream: streaming takes one prompt and n=1 "
-                                  "(SGLang interleaves the outputs of a batch)")
     if not isinstance(return_logprob, bool):
         raise InvalidRequestError(f"return_logprob must be a bool, got {return_logprob!r}")
     if top_logprobs_num is not None:

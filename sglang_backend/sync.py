@@ -411,6 +411,7 @@ class SyncGenerateStream(_SyncStream[GenerateChunk]):
     def __init__(self, portal: _Portal, stream: GenerateStream) -> None:
         super().__init__(portal, stream)
         self.rid = stream.rid
+        self.rids = stream.rids
 
 
 class SyncTokenCounter:

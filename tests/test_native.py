@@ -83,7 +83,6 @@ async def _wait_for(events_file: Path, predicate: Callable[[dict[str, Any]], boo
         ({"text": "hi", "sampling_params": {"temperature": -1}}, "temperature"),
         ({"text": "hi", "sampling_params": {"regex": "a", "ebnf": "b"}}, "regex"),
         ({"text": "hi", "top_logprobs_num": 2}, "top_logprobs_num"),
-        ({"text": ["a", "b"], "stream": True}, "stream"),
         ({"text": ["a", "b"], "rid": "one"}, "rid"),
         ({"text": "hi", "rid": "has space"}, "rid"),
         ({"input_ids": [1, -2]}, "input_ids"),
@@ -206,7 +205,6 @@ async def test_generate_n_returns_a_list(model: AsyncSGLangModel) -> None:
     assert all(isinstance(r, GenerateResult) for r in two)
 
 
-@pytest.mark.xfail(reason="the stand-in's /generate does not return logprobs yet", strict=False)
 async def test_generate_logprobs_with_top_two(model: AsyncSGLangModel) -> None:
     result = await model.generate("Say hello", sampling_params={"max_new_tokens": 4},
                                   return_logprob=True, top_logprobs_num=2)
@@ -215,7 +213,17 @@ async def test_generate_logprobs_with_top_two(model: AsyncSGLangModel) -> None:
     assert meta.output_token_logprobs is not None
     assert len(meta.output_token_logprobs) == meta.completion_tokens
     assert meta.output_top_logprobs is not None
-    assert all(len(top) == 2 for top in meta.output_top_logprobs)
+    assert len(meta.output_top_logprobs) == meta.completion_tokens
+    # SGLang's (logprob, token_id, text) tuples; at most top_logprobs_num per position (the
+    # stand-in lists only the tokens its echo vocabulary can pick).
+    for (logprob, token, _text), top, chosen in zip(
+        meta.output_token_logprobs, meta.output_top_logprobs, result.output_ids or [],
+        strict=True,
+    ):
+        assert token == chosen
+        assert logprob <= 0.0
+        assert 1 <= len(top) <= 2
+        assert all(isinstance(entry[1], int) and entry[0] <= 0.0 for entry in top)
 
 
 async def test_generate_stream_yields_cumulative_chunks(model: AsyncSGLangModel) -> None:
@@ -234,6 +242,21 @@ async def test_generate_stream_yields_cumulative_chunks(model: AsyncSGLangModel)
     assert chunks[-1].finish_reason in ("stop", "length")
     assert all(c.finish_reason is None for c in chunks[:-1])
     assert chunks[-1].meta_info.id == stream.rid
+
+
+async def test_a_streamed_batch_interleaves_its_outputs_by_index(
+    model: AsyncSGLangModel
+) -> None:
+    stream = await model.generate(["one", "two"], stream=True,
+                                  sampling_params={"max_new_tokens": 4, "n": 2})
+    assert len(stream.rids) == 2
+    async with stream:
+        chunks = [chunk async for chunk in stream]
+    assert {c.index for c in chunks} == {0, 1, 2, 3}
+    for index in range(4):
+        mine = [c for c in chunks if c.index == index]
+        assert "".join(c.delta for c in mine) == mine[-1].text
+        assert mine[-1].finish_reason in ("stop", "length")
 
 
 async def test_a_server_error_is_typed(model: AsyncSGLangModel) -> None:
