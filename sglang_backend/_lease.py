@@ -33,7 +33,15 @@ from .errors import ModelClosedError, RequestTimeoutError, ServerUnavailableErro
 if TYPE_CHECKING:
     from .server import Backend
 
-__all__ = ["CLOSE_MESSAGE", "Lease", "LeaseContext", "RequestPath", "admin_key", "direct_urls"]
+__all__ = [
+    "CLOSE_MESSAGE",
+    "Lease",
+    "LeaseContext",
+    "RequestPath",
+    "admin_key",
+    "direct_headers",
+    "direct_urls",
+]
 
 logger = logging.getLogger("sglang_backend")
 
@@ -60,6 +68,18 @@ def direct_urls(backend: Backend) -> list[str]:
         if urls:
             return urls
     return [backend.base_url]
+
+
+def direct_headers(backend: Backend, url: str, *, admin: bool) -> dict[str, str]:
+    """The ``Authorization`` header for a request sent straight to ``url`` (one of
+    :func:`direct_urls`): the admin key on admin routes when one is set, else that worker's
+    own key (a remote worker of a group may have its own), else the server's."""
+    key = admin_key(backend) if admin else None
+    if key is None:
+        process = getattr(backend, "process", None)
+        worker_key = getattr(process, "worker_api_key", None)
+        key = worker_key(url) if callable(worker_key) else backend.api_key
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 class Lease:
@@ -109,6 +129,10 @@ class Lease:
         """The servers that run this lease's requests: every worker behind a router (routers
         do not forward ``/abort_request``), else the server itself."""
         return direct_urls(self._backend)
+
+    def direct_headers(self, url: str, *, admin: bool) -> dict[str, str]:
+        """The header for a request sent straight to ``url`` (see :func:`direct_headers`)."""
+        return direct_headers(self._backend, url, admin=admin)
 
     @property
     def released(self) -> bool:
@@ -288,9 +312,9 @@ class RequestPath:
 
     async def abort(self, lease: Lease, body: dict[str, Any]) -> None:
         """Post one ``/abort_request`` body to every server of ``lease`` (concurrently)."""
-        headers = lease.admin_headers
         responses = await asyncio.gather(
-            *(lease.http.post(f"{url}/abort_request", json=body, headers=headers,
+            *(lease.http.post(f"{url}/abort_request", json=body,
+                              headers=lease.direct_headers(url, admin=True),
                               timeout=_ABORT_TIMEOUT) for url in lease.direct_urls),
             return_exceptions=True,
         )

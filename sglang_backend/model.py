@@ -20,7 +20,7 @@ import pydantic
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ParsedChatCompletion
 
 from . import _http
-from ._lease import Lease, LeaseContext, RequestPath, admin_key, direct_urls
+from ._lease import Lease, LeaseContext, RequestPath, direct_headers, direct_urls
 from ._requests import build_response_format, check_constraints, check_messages, check_tools
 from ._translate import check_response
 from ._transport import LeasedAsyncTransport
@@ -784,10 +784,9 @@ class AsyncSGLangModel:
         unload = sorted(self._lora_unloaded & set(config.lora_paths if config else {}))
         if not (unload or self._lora_loaded):
             return
-        key = admin_key(server) or server.api_key
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
         client = server.pool.client
         for url in direct_urls(server):
+            headers = direct_headers(server, url, admin=True)
             for name in unload:
                 check_native(await client.post(f"{url}/unload_lora_adapter",
                                                json={"lora_name": name}, headers=headers,
@@ -853,10 +852,12 @@ class AsyncSGLangModel:
         if self._closed:
             raise ModelClosedError("the model is closed")
 
+        admin = path in ADMIN_ENDPOINTS
+
         async def send(lease: Lease) -> list[Any]:
-            headers = lease.admin_headers if path in ADMIN_ENDPOINTS else lease.headers
             return list(await asyncio.gather(*(
-                lease.http.post(f"{url}{path}", json=body, headers=headers, timeout=self._timeout)
+                lease.http.post(f"{url}{path}", json=body, timeout=self._timeout,
+                                headers=lease.direct_headers(url, admin=admin))
                 for url in lease.direct_urls)))
 
         responses = [check_native(r) for r in await self._path.call(send)]
