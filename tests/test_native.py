@@ -504,3 +504,17 @@ def test_docs_example_runs_against_the_standin(index: int, tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr[-2000:]
     for expected in DOC_EXPECTS[index]:
         assert expected in result.stdout, result.stdout
+
+
+async def test_chat_selects_a_launch_adapter_and_refuses_an_unknown_one(
+    standin: Standin,
+) -> None:
+    config = standin(lora_paths={"sql": "/adapters/sql"})
+    async with AsyncSGLangModel(MODEL, {"lora_path": "sql"}, server=config) as model:
+        reply = await model.run([{"role": "user", "content": "hi"}])
+        assert reply.choices[0].message.content
+        other = AsyncSGLangModel(MODEL, {"lora_path": "chat"}, server=config)
+        with pytest.raises(InvalidRequestError, match="'chat' is not loaded"):
+            await other.run([{"role": "user", "content": "hi"}])
+        assert other.state is ServerState.CREATED
+        await other.aclose()
