@@ -102,14 +102,19 @@ async def test_wrong_key_is_the_same_type_with_the_servers_message_on_every_path
 ) -> None:
     assert model.base_url is not None
     wrong = AsyncSGLangModel(MODEL, url=model.base_url, api_key="wrong-key")
-    async with wrong:
+    try:
+        with pytest.raises(AuthenticationError, match="Unauthorized") as started:
+            await wrong.start()  # connect mode checks the key up front ...
         with pytest.raises(AuthenticationError, match="Unauthorized") as plain:
-            await wrong.run(HELLO)
+            await wrong.run(HELLO)  # ... and every path says the same afterwards
         with pytest.raises(AuthenticationError, match="Unauthorized") as streamed:
             await wrong.run(HELLO, stream=True)
         with pytest.raises(AuthenticationError, match="Unauthorized") as counted:
             await wrong.token_counter.count_text("hello")
-    assert plain.value.status_code == streamed.value.status_code == counted.value.status_code == 401
+    finally:
+        await wrong.aclose()
+    codes = {e.value.status_code for e in (started, plain, streamed, counted)}
+    assert codes == {401}
 
 
 async def test_a_crash_during_token_counting_is_server_crashed(model: AsyncSGLangModel) -> None:
