@@ -35,7 +35,7 @@ if TYPE_CHECKING:
         ToolCallParserMissingError,
         UnknownParserError,
     )
-    from .model import AsyncSGLangModel, ChatStream, GenerateStream, SGLangTokenCounter
+    from .model import AsyncSGLangModel, ChatRequest, ChatStream, GenerateStream, SGLangTokenCounter
     from .native import (
         GenerateChunk,
         GenerateResult,
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
         UpdateWeightsResult,
     )
     from .pool import ModelPool
+    from .router import WorkerInfo
     from .server import ServerEvent, ServerState
     from .sync import SGLangModel
 
@@ -52,12 +53,13 @@ if TYPE_CHECKING:
 # server's entry point) must not pay for the openai SDK it never uses.
 _LAZY = {
     **dict.fromkeys(("SGLangConfig", "ServerConfig"), ".config"),
-    **dict.fromkeys(("AsyncSGLangModel", "ChatStream", "GenerateStream", "SGLangTokenCounter"),
-                    ".model"),
+    **dict.fromkeys(("AsyncSGLangModel", "ChatRequest", "ChatStream", "GenerateStream",
+                     "SGLangTokenCounter"), ".model"),
     **dict.fromkeys(("GenerateChunk", "GenerateResult", "LoRAUpdateResult", "MetaInfo",
                      "SamplingParams", "UpdateWeightsResult"), ".native"),
     **dict.fromkeys(("ServerEvent", "ServerState"), ".server"),
     "ModelPool": ".pool",
+    "WorkerInfo": ".router",
     "SGLangModel": ".sync",
 }
 
@@ -84,6 +86,7 @@ __all__ = [
     "AsyncSGLangModel",
     "AuthenticationError",
     "BadRequestError",
+    "ChatRequest",
     "ChatStream",
     "ConfigError",
     "GPUUnavailableError",
@@ -121,5 +124,6 @@ __all__ = [
     "ToolCallParserMissingError",
     "UnknownParserError",
     "UpdateWeightsResult",
+    "WorkerInfo",
     "__version__",
 ]

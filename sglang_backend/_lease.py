@@ -52,33 +52,21 @@ _ABORT_TIMEOUT = 5.0
 
 
 def admin_key(backend: Backend) -> str | None:
-    """The ``--admin-api-key`` of a launched server (``ServerConfig.admin_api_key``), if any."""
-    secret = getattr(getattr(backend, "config", None), "admin_api_key", None)
-    value = secret.get_secret_value() if secret is not None else None
-    return value if isinstance(value, str) and value else None
+    """The ``--admin-api-key`` the server was launched with, if any."""
+    return backend.admin_key
 
 
 def direct_urls(backend: Backend) -> list[str]:
-    """Every worker of a router group (``RouterGroup.direct_urls()`` where it exists), else the
-    server's own URL."""
-    process = getattr(backend, "process", None)
-    direct = getattr(process, "direct_urls", None)
-    if callable(direct):
-        urls = [str(url).rstrip("/") for url in direct()]
-        if urls:
-            return urls
-    return [backend.base_url]
+    """Where requests that routers do not route go: every worker of a router group, else the
+    server itself (:meth:`Backend.direct_urls`)."""
+    return backend.direct_urls()
 
 
 def direct_headers(backend: Backend, url: str, *, admin: bool) -> dict[str, str]:
     """The ``Authorization`` header for a request sent straight to ``url`` (one of
     :func:`direct_urls`): the admin key on admin routes when one is set, else that worker's
     own key (a remote worker of a group may have its own), else the server's."""
-    key = admin_key(backend) if admin else None
-    if key is None:
-        process = getattr(backend, "process", None)
-        worker_key = getattr(process, "worker_api_key", None)
-        key = worker_key(url) if callable(worker_key) else backend.api_key
+    key = (backend.admin_key if admin else None) or backend.worker_api_key(url)
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
@@ -123,6 +111,12 @@ class Lease:
         if self._admin_key:
             return {"Authorization": f"Bearer {self._admin_key}"}
         return self.headers
+
+    def direct(self) -> tuple[str, dict[str, str]]:
+        """One server that runs what routers do not route (``/tokenize`` and the like), and
+        the header it needs: the server itself, or a healthy worker behind a router."""
+        url = self._backend.direct_urls()[0]
+        return url, direct_headers(self._backend, url, admin=False)
 
     @property
     def direct_urls(self) -> list[str]:

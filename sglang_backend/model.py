@@ -51,6 +51,7 @@ from .native import (
     parse_generate,
     stream_error,
 )
+from .router import WorkerInfo
 from .server import (
     Backend,
     EventCallback,
@@ -560,13 +561,46 @@ class AsyncSGLangModel:
         )
         return client
 
+    # -- the workers of a router group ----------------------------------------------------
+    def _group_server(self) -> LaunchedServer:
+        server = self.server
+        if server is None:
+            raise ConfigError("workers are managed by a launched router group "
+                              "(ServerConfig(replicas=N) or worker_urls=[...]), not in connect mode")
+        return server
+
+    async def add_worker(self, url: str, api_key: str | None = None) -> str:
+        """Put a running SGLang server at ``url`` (not launched by the library) into the router
+        group's rotation; return its worker id.
+
+        ``api_key=None`` sends the group's key. Returns once the router lists it; it is then
+        health-checked and reported (events ``worker_unhealthy`` / ``worker_healthy``). Lasts
+        until the group's next relaunch, which starts from ``ServerConfig`` again.
+        """
+        return await self._group_server().add_worker(url, api_key)
+
+    async def remove_worker(self, worker_id: str) -> None:
+        """Take a worker out of rotation: the router drains it (requests in flight finish),
+        then a local worker is stopped; a worker elsewhere keeps running (``worker_removed``)."""
+        await self._group_server().remove_worker(worker_id)
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Every worker of the group: the router's id, URL, local or remote, healthy, and
+        requests in flight as the router counts them (as last polled, every second)."""
+        return self._group_server().workers()
+
     # -- SGLang's native endpoints --------------------------------------------------------
     async def _native(self, path: str, body: Mapping[str, Any] | None = None,
-                      *, method: str = "POST") -> Any:
-        """Send one native request under a lease; the decoded JSON (or text) answer."""
+                      *, method: str = "POST", direct: bool = False) -> Any:
+        """Send one native request under a lease; the decoded JSON (or text) answer.
+
+        ``direct``: to a server that runs it even behind a router (routers answer 404 for
+        ``/tokenize``, ``/detokenize`` and the like).
+        """
         async def send(lease: Lease) -> Any:
-            return await lease.http.request(method, f"{lease.base_url}{path}", json=body,
-                                            headers=lease.headers, timeout=self._request_timeout())
+            url, headers = lease.direct() if direct else (lease.base_url, lease.headers)
+            return await lease.http.request(method, f"{url}{path}", json=body,
+                                            headers=headers, timeout=self._request_timeout())
 
         response = check_response(await self._path.call(send))
         try:
@@ -579,13 +613,15 @@ class AsyncSGLangModel:
         if not isinstance(text, str):
             raise InvalidRequestError(f"text must be a str, got {type(text).__name__}")
         data = await self._native("/tokenize", {"prompt": text,
-                                                "add_special_tokens": add_special_tokens})
+                                                "add_special_tokens": add_special_tokens},
+                                  direct=True)
         self._context_length = data.get("max_model_len") or self._context_length
         return [int(token) for token in data["tokens"]]
 
     async def detokenize(self, tokens: list[int]) -> str:
         """The text of ``tokens`` under the served model's tokenizer (``/detokenize``)."""
-        data = await self._native("/detokenize", {"tokens": [int(t) for t in tokens]})
+        data = await self._native("/detokenize", {"tokens": [int(t) for t in tokens]},
+                                  direct=True)
         return str(data["text"])
 
     async def context_length(self) -> int:
@@ -1173,8 +1209,9 @@ class AsyncSGLangModel:
         self, body: dict[str, Any], messages: list[Mapping[str, Any]] | None = None
     ) -> int:
         async def send(lease: Lease) -> Any:
-            return await lease.http.post(f"{lease.base_url}/tokenize", json=body,
-                                         headers=lease.headers, timeout=self._request_timeout())
+            url, headers = lease.direct()  # routers do not route /tokenize
+            return await lease.http.post(f"{url}/tokenize", json=body, headers=headers,
+                                         timeout=self._request_timeout())
 
         response = await self._path.call(send)
         if response.status_code in (404, 405) and messages is not None:

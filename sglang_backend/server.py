@@ -200,7 +200,6 @@ class Backend(abc.ABC):
 
     base_url: str
     api_key: str | None
-
     def __init__(self, on_event: EventCallback | None) -> None:
         self._on_event = on_event
         self.state = ServerState.CREATED
@@ -255,6 +254,20 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def acquire(self) -> object:
         """Admit one request (starting the server if needed); return a token for recover()."""
+
+    @property
+    def admin_key(self) -> str | None:
+        """The ``--admin-api-key`` admin endpoints need (SGLang 0.5.23), if the server has one."""
+        return None
+
+    def direct_urls(self) -> list[str]:
+        """Where requests that routers do not route (token counting, ``/abort_request``) go:
+        the server itself, or every healthy worker of a router group."""
+        return [self.base_url]
+
+    def worker_api_key(self, url: str) -> str | None:
+        """The key of the server at ``url`` (one of :meth:`direct_urls`)."""
+        return self.api_key
 
     def try_acquire(self) -> tuple[bool, object]:
         """Admit one request now if the server is ready, from any thread; no start, no wait.
@@ -468,6 +481,25 @@ class LaunchedServer(Backend):
 
     def _pool_url(self) -> str:
         return self.base_url or _url(self.config.host, self.config.port or 0)
+
+    @property
+    def admin_key(self) -> str | None:
+        secret = self.config.admin_api_key
+        return secret.get_secret_value() or None if secret is not None else None
+
+    def direct_urls(self) -> list[str]:
+        process = self.process
+        if isinstance(process, RouterGroup):
+            urls = [url.rstrip("/") for url in process.direct_urls()]
+            if urls:
+                return urls
+        return [self.base_url]
+
+    def worker_api_key(self, url: str) -> str | None:
+        process = self.process
+        if isinstance(process, RouterGroup):
+            return process.worker_api_key(url)
+        return self.api_key
 
     def __repr__(self) -> str:
         return (f"LaunchedServer({self.model_path!r}, state={self.state.value}, "

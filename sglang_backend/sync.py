@@ -36,6 +36,7 @@ from .config import ServerConfig
 from .errors import ModelClosedError
 from .model import AsyncSGLangModel, ChatRequest, GenerateStream, ModelT
 from .native import GenerateChunk, GenerateResult, LoRAUpdateResult, SamplingParams, UpdateWeightsResult
+from .router import WorkerInfo
 from .server import EventCallback, LaunchedServer, ServerState
 
 __all__ = ["SGLangModel", "SyncChatStream", "SyncGenerateStream", "SyncTokenCounter"]
@@ -661,6 +662,18 @@ class SGLangModel:
     def abort_all(self) -> None:
         """Blocking :meth:`AsyncSGLangModel.abort_all`."""
         self._runtime.portal.call(self._async.abort_all)
+
+    def add_worker(self, url: str, api_key: str | None = None) -> str:
+        """Blocking :meth:`AsyncSGLangModel.add_worker`."""
+        return self._runtime.portal.call(self._async.add_worker, url, api_key)
+
+    def remove_worker(self, worker_id: str) -> None:
+        """Blocking :meth:`AsyncSGLangModel.remove_worker`."""
+        self._runtime.portal.call(self._async.remove_worker, worker_id)
+
+    def workers(self) -> list[WorkerInfo]:
+        """Blocking :meth:`AsyncSGLangModel.workers`."""
+        return self._runtime.portal.call(self._async.workers)
 
     @property
     def lora_adapters(self) -> dict[str, str]:

@@ -169,20 +169,19 @@ async def test_workers_elsewhere_added_listed_removed(
                      router_policy="round_robin")
     async with AsyncSGLangModel(MODEL, server=config, on_event=events.append) as model:
         group = _group(model)
-        listed = model.server.workers() if model.server else []
+        listed = await model.workers()  # the model's public API over the group
         assert {(w.url, w.local, w.healthy) for w in listed} == {
             (group.local_workers[0].url, True, True), (far.base_url, False, True)}
         assert all(w.id for w in listed)
 
-        new_id = await model.server.add_worker(later.base_url) if model.server else ""
+        new_id = await model.add_worker(later.base_url)
         await _wait(lambda: any(w.id == new_id and w.healthy for w in group.workers()))
         for i in range(6):
             await model.run([{"role": "user", "content": f"spread {i}"}])
         assert any(e["event"] == "request" for e in later.events())
         assert any(e["event"] == "request" for e in far.events())
 
-        assert model.server is not None
-        await model.server.remove_worker(new_id)
+        await model.remove_worker(new_id)
         assert later.base_url not in {w.url for w in group.workers()}
         assert later.proc.poll() is None  # a worker elsewhere is not ours to stop
         served = len([e for e in later.events() if e["event"] == "request"])
@@ -202,7 +201,7 @@ async def test_workers_elsewhere_added_listed_removed(
         local = group.local_workers[0]
         assert local.process is not None
         local_pid = local.process.pid
-        await model.server.remove_worker(local.router_id or local.url)
+        await model.remove_worker(local.router_id or local.url)
         assert not psutil.pid_exists(local_pid) or psutil.Process(local_pid).status() == "zombie"
         assert "worker_relaunched" not in [e.kind for e in events]
     served_by = Counter(e["pid"] for e in read_events(events_file) if e["event"] == "request")
@@ -234,9 +233,11 @@ async def test_sglang_router_still_supported(standin: Standin) -> None:
         assert {w.healthy for w in group.workers()} == {True}
 
 
-@pytest.mark.xfail(strict=True, reason="count_text still asks the router's /tokenize (404 on smg);"
-                   " the request layer must send it to RouterGroup.direct_urls()[0]")
 async def test_count_text_and_abort_through_a_group(standin: Standin) -> None:
     async with AsyncSGLangModel(MODEL, server=standin(replicas=2)) as model:
         await model.abort("no-such-request")  # goes to every worker; the router would 404
-        assert await model.token_counter.count_text("hello there world") >= 3
+        assert await model.token_counter.count_text("hello there world") >= 3  # a worker's /tokenize
+        assert await model.token_counter.count_tokens_from_messages(
+            [{"role": "user", "content": "hello"}]) > 1
+        ids = await model.tokenize("hello there")
+        assert await model.detokenize(ids) == "hello there"
