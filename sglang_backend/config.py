@@ -141,6 +141,14 @@ class ServerConfig(BaseModel):
         description="Idle seconds before the server is stopped (relaunched on the next request);"
         " None never stops it.",
     )
+    sleep_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        description="Idle seconds before the warm sleep: the server's GPU memory is released"
+        " (/release_memory_occupation) but the process kept (state SLEEPING); the next request"
+        " resumes it first. Must be below inactivity_timeout, which still stops it later."
+        " None: no sleep.",
+    )
     shutdown_timeout: float = Field(
         default=10.0,
         ge=0,
@@ -298,6 +306,12 @@ class ServerConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> ServerConfig:
+        if (self.sleep_timeout is not None and self.inactivity_timeout is not None
+                and self.sleep_timeout >= self.inactivity_timeout):
+            raise ValueError(
+                f"sleep_timeout ({self.sleep_timeout:g} s) must be below inactivity_timeout "
+                f"({self.inactivity_timeout:g} s): the sleep comes first, the stop later"
+            )
         for arg in self.extra_args:
             flag = _flag_name(arg)
             for managed, source in _MANAGED_FLAGS.items():

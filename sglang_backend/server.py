@@ -48,6 +48,7 @@ from .errors import (
     ServerError,
     ServerHungError,
     ServerUnavailableError,
+    SGLangError,
 )
 from .router import RouterGroup, WorkerInfo
 from .watchdog import InactivityWatchdog
@@ -66,6 +67,7 @@ class ServerState(str, enum.Enum):
     CREATED = "created"
     STARTING = "starting"
     READY = "ready"
+    SLEEPING = "sleeping"
     STOPPING = "stopping"
     STOPPED = "stopped"
     FAILED = "failed"
@@ -87,6 +89,9 @@ class ServerEvent:
     * ``idle_stopped`` / ``stopped`` — stopped by the watchdog / on request, emitted once the
       state is STOPPED (``detail``: ``returncode``, ``duration``);
     * ``crashed`` — the server died while serving (``detail["returncode"]``);
+    * ``sleeping`` / ``awake`` — the warm sleep (``ServerConfig.sleep_timeout``): the server's
+      memory was released with the process kept (state SLEEPING) / resumed before the next
+      request was admitted (``detail["duration"]``);
     * ``start_backoff`` — a second failed start in a row: requests fail fast with the last
       start error for ``detail["retry_in"]`` seconds (``detail["failures"]`` so far);
       ``start()`` still tries at once;
@@ -474,7 +479,12 @@ class LaunchedServer(Backend):
         self._monitor: asyncio.Task[None] | None = None
         self._launches = 0
         self._after_ready: list[Callable[[LaunchedServer], Awaitable[None]]] = []
-        self._watchdog = InactivityWatchdog(config.inactivity_timeout, self._idle_stop)
+        self._watchdog = InactivityWatchdog(
+            config.inactivity_timeout, self._idle_stop,
+            sleep_after=config.sleep_timeout, on_sleep=self._fall_asleep,
+        )
+        self._sleep_task: asyncio.Task[bool] | None = None
+        self._wake_task: asyncio.Task[None] | None = None
         # The key reaches the server through this file, never argv (see _secrets).
         self._secret_file = PrivateArgsFile(config.secret_args(self.api_key))
         self.base_url = ""
@@ -559,6 +569,11 @@ class LaunchedServer(Backend):
         if state is ServerState.STOPPING:
             assert self._stop_task is not None
             await asyncio.shield(self._stop_task)
+            return
+        if state is ServerState.SLEEPING:
+            if self._wake_task is None:
+                self._wake_task = asyncio.ensure_future(self._wake())
+            await asyncio.shield(self._wake_task)
             return
         if self._start_task is None:
             last = self._backing_off()
@@ -719,7 +734,7 @@ class LaunchedServer(Backend):
     def _mark_crashed(self, process: Supervised) -> None:
         """The process died while READY: fail over to FAILED at once (synchronously, so no
         request is admitted to a dead server) and clean up what is left of its tree."""
-        if self.process is not process or self.state is not ServerState.READY:
+        if self.process is not process or self.state not in (ServerState.READY, ServerState.SLEEPING):
             return
         code = process.returncode
         self.error = ServerCrashedError(
@@ -792,13 +807,75 @@ class LaunchedServer(Backend):
         """Called by the watchdog, synchronously: the admission check and this state change
         happen in one step of the loop, so no request can slip in between."""
         with self._admission:  # no thread may be admitted between this check and STOPPING
-            if self.state is not ServerState.READY:
+            if self.state is ServerState.SLEEPING and self._wake_task is None:
+                pass  # asleep and nobody waking it: the full stop may go ahead
+            elif self.state is not ServerState.READY:
                 return True
             if self.inflight:
                 return False
             self.state = ServerState.STOPPING
         self._begin_stop("idle")
         return True
+
+    # -- the warm sleep ---------------------------------------------------------------
+    def _fall_asleep(self) -> bool:
+        """Called by the watchdog after ``sleep_timeout`` idle seconds, synchronously: like the
+        idle stop, the check and the state change are one step, under the admission lock."""
+        with self._admission:
+            if self.state is not ServerState.READY:
+                return True
+            if self.inflight:
+                return False
+            self.state = ServerState.SLEEPING
+        self._sleep_task = asyncio.ensure_future(self._release_memory())
+        return True
+
+    async def _memory_call(self, path: str) -> None:
+        """POST ``path`` to every server of the run (each worker of a group), admin key first."""
+        for url in self.direct_urls():
+            key = self.admin_key or self.worker_api_key(url)
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            response = await self.pool.client.post(f"{url}{path}", json={}, headers=headers,
+                                                   timeout=self.config.startup_timeout)
+            check_response(response)
+
+    async def _release_memory(self) -> bool:
+        started = time.monotonic()
+        try:
+            await self._memory_call("/release_memory_occupation")
+        except (SGLangError, _http.httpx.HTTPError) as exc:  # it keeps its memory and serves
+            logger.warning("the warm sleep failed, the server stays awake: %s", exc)
+            with self._admission:
+                if self.state is ServerState.SLEEPING:
+                    self.state = ServerState.READY
+            return False
+        self.emit("sleeping", self.pid, duration=round(time.monotonic() - started, 3))
+        return True
+
+    async def _wake(self) -> None:
+        """Resume the memory of a sleeping server, then admit again (single flight)."""
+        started = time.monotonic()
+        try:
+            released = await asyncio.shield(self._sleep_task) if self._sleep_task else False
+            if released and self.state is ServerState.SLEEPING:
+                await self._memory_call("/resume_memory_occupation")
+        except (SGLangError, _http.httpx.HTTPError) as exc:
+            # A server that cannot take its memory back is no use: replace it.
+            error = ServerCrashedError(f"the server could not resume its memory: {exc}")
+            process = self.process
+            if process is not None and self.state is ServerState.SLEEPING:
+                self.error, self.state = error, ServerState.FAILED
+                self._watchdog.stop()
+                self._cleanup = asyncio.ensure_future(self._after_crash(process))
+                self._cleanup.add_done_callback(_log_failure)
+            raise error from exc
+        finally:
+            self._wake_task = self._sleep_task = None
+        with self._admission:
+            if self.state is ServerState.SLEEPING:
+                self.state = ServerState.READY
+        self._watchdog.touch()
+        self.emit("awake", self.pid, duration=round(time.monotonic() - started, 3))
 
     def _begin_stop(self, reason: str) -> asyncio.Task[None]:
         if self._stop_task is None:
@@ -838,7 +915,7 @@ class LaunchedServer(Backend):
         if self._start_task is not None:
             self._start_task.cancel()
             await _wait_through_cancellation(self._start_task)
-        if self.state is ServerState.READY or self._stop_task is not None:
+        if self.state in (ServerState.READY, ServerState.SLEEPING) or self._stop_task is not None:
             await asyncio.shield(self._begin_stop("stop"))
         elif self.process is not None and self.process.returncode is None:
             await self.process.kill()

@@ -1,0 +1,69 @@
+"""The warm sleep: memory released after sleep_timeout, resumed before the next request, the
+full stop still after inactivity_timeout."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from sglang_backend import AsyncSGLangModel, ConfigError, ServerConfig, ServerState, SGLangModel
+from sglang_backend.server import ServerEvent
+
+from ._shapes import HELLO
+from .conftest import MODEL, read_events
+
+Standin = Callable[..., ServerConfig]
+
+
+async def _until(predicate: Callable[[], bool], seconds: float = 15.0) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
+def test_sleep_timeout_must_come_before_the_stop() -> None:
+    with pytest.raises(ConfigError, match="sleep_timeout"):
+        ServerConfig(sleep_timeout=10, inactivity_timeout=10)
+
+
+async def test_sleep_then_resume_before_the_request_then_the_full_stop(
+    standin: Standin, events_file: Path
+) -> None:
+    events: list[ServerEvent] = []
+    config = standin(sleep_timeout=0.5, inactivity_timeout=3.0)
+    async with AsyncSGLangModel(MODEL, server=config, on_event=events.append) as model:
+        pid = model.pid
+        await _until(lambda: model.state is ServerState.SLEEPING)
+        await _until(lambda: any(e.kind == "sleeping" for e in events))
+        assert model.pid == pid  # the process is kept
+        assert [e["event"] for e in read_events(events_file)].count("release_memory") == 1
+
+        reply = await model.run(HELLO)  # wakes it first
+        assert reply.choices[0].message.content
+        assert model.state is ServerState.READY
+        lines = [e["event"] for e in read_events(events_file)]
+        resumed = lines.index("resume_memory")
+        requests = [i for i, kind in enumerate(lines) if kind == "request"]
+        assert requests
+        assert resumed < requests[-1]
+        assert model.pid == pid
+
+        await _until(lambda: model.state is ServerState.SLEEPING)  # asleep again ...
+        await _until(lambda: model.state is ServerState.STOPPED)  # ... then stopped
+        kinds = [e.kind for e in events]
+        assert kinds.index("awake") < kinds.index("idle_stopped")
+        assert kinds.count("sleeping") == 2
+
+
+def test_the_facade_wakes_a_sleeping_server(standin: Standin, events_file: Path) -> None:
+    config = standin(sleep_timeout=0.4, inactivity_timeout=30.0)
+    with SGLangModel(MODEL, server=config) as model:
+        asyncio.run(_until(lambda: model.state is ServerState.SLEEPING))
+        assert model.run(HELLO).choices
+        assert model.state is ServerState.READY
+        assert "resume_memory" in [e["event"] for e in read_events(events_file)]
