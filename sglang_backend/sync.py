@@ -210,6 +210,12 @@ class _Runtime:
         self.closed = True
         self.portal.forget_after_fork(parent)
 
+    def check_open(self) -> None:
+        """Raise ModelClosedError (naming the parent process in a forked child) once closed."""
+        if self.closed:
+            self.portal.get()  # raises the fork-specific error in a forked child
+            raise ModelClosedError("the model is closed")
+
     def close(self) -> None:
         if self.closed:
             return
@@ -563,8 +569,7 @@ class SGLangModel:
 
     def http_client(self) -> Any:
         """A blocking ``Client`` (the SDK's HTTP stack) whose every request this model admits."""
-        if self._runtime.closed:
-            raise ModelClosedError("the model is closed")
+        self._runtime.check_open()
         transport = LeasedSyncTransport(self._async.request_path, self._runtime.portal)
         return openai.DefaultHttpxClient(
             transport=transport, base_url=LeasedSyncTransport.BASE_URL.removesuffix("/v1")
@@ -822,8 +827,7 @@ class SGLangModel:
         translated by the same translation; the loop thread is visited only to (re)start the
         server or to judge a failure.
         """
-        if self._runtime.closed:
-            raise ModelClosedError("the model is closed")
+        self._runtime.check_open()
         request = self._async.chat_request(messages, response_format, tools, stream=stream)
         path = self._blocking
 
