@@ -687,7 +687,9 @@ class AsyncSGLangModel:
             sampling_params: :class:`~sglang_backend.native.SamplingParams` or a dict with
                 SGLang's names (``max_new_tokens``, ``temperature``, ``n``, ``regex``, …);
                 unknown keys raise :class:`InvalidRequestError` before any I/O.
-            return_logprob, top_logprobs_num, logprob_start_len: logprobs in ``meta_info``.
+            return_logprob: return token logprobs in ``meta_info``.
+            top_logprobs_num: how many top alternatives per token (with ``return_logprob``).
+            logprob_start_len: the prompt position logprobs start at.
             lora_path: the name of a loaded LoRA adapter to generate with.
             rid: the request id (generated, 32 hex, unless given; a list for a batch). A
                 cancelled call is aborted on the server by it.
