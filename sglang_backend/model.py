@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
-import warnings
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, Protocol, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 import openai
 import pydantic
@@ -22,6 +20,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk, ParsedChatCom
 from . import _http
 from ._lease import Lease, LeaseContext, RequestPath, direct_headers, direct_urls
 from ._requests import build_response_format, check_constraints, check_messages, check_tools
+from ._streams import ChatStream, GenerateStream, LeasedStream
 from ._translate import check_response
 from ._transport import LeasedAsyncTransport
 from .config import ServerConfig, SGLangConfig
@@ -30,13 +29,11 @@ from .errors import (
     InvalidRequestError,
     ModelClosedError,
     RequestError,
-    SGLangError,
     StructuredOutputError,
     ToolCallParserMissingError,
 )
 from .native import (
     ADMIN_ENDPOINTS,
-    GenerateChunk,
     GenerateRequest,
     GenerateResult,
     LoRAUpdateResult,
@@ -49,7 +46,6 @@ from .native import (
     check_rid,
     new_rid,
     parse_generate,
-    stream_error,
 )
 from .router import WorkerInfo
 from .server import (
@@ -142,239 +138,6 @@ class SGLangTokenCounter:
         return await self._model._tokenize({"prompt": text, "add_special_tokens": False})
 
 
-class ChatStream(AsyncIterator[ChatCompletionChunk]):
-    """An async iterator of ``ChatCompletionChunk``; also an async context manager.
-
-    It counts as in flight (the server will not be idle-stopped) until it is exhausted or
-    closed. Close it early with ``await stream.aclose()`` or by leaving ``async with``;
-    cancelling the consumer closes the HTTP stream too.
-    """
-
-    def __init__(
-        self,
-        model: AsyncSGLangModel,
-        stream: openai.AsyncStream[ChatCompletionChunk],
-        lease: Lease,
-        rid: str | None = None,
-    ) -> None:
-        self._model = model
-        self._stream = stream
-        self._iterator = stream.__aiter__()
-        self._lease = lease
-        self._rid = rid
-        self._finished = False  # the server ended the stream (nothing left to abort)
-        self._closed = False
-        self._loop = asyncio.get_running_loop()
-        model._streams.add(self)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def __aiter__(self) -> ChatStream:
-        return self
-
-    async def __anext__(self) -> ChatCompletionChunk:
-        if self._closed:
-            if self._model._closed:
-                raise ModelClosedError("the model was closed while streaming")
-            raise StopAsyncIteration
-        try:
-            return await self._iterator.__anext__()
-        except StopAsyncIteration:
-            self._finished = True
-            await self.aclose()
-            raise
-        except asyncio.CancelledError:
-            await asyncio.shield(self.aclose())
-            if self._model._closed:
-                raise ModelClosedError("the model was closed while streaming") from None
-            raise
-        except Exception as exc:
-            self._finished = True
-            await self.aclose()
-            if self._model._closed:
-                raise ModelClosedError("the model was closed while streaming") from exc
-            # Mid-stream nothing is retried: the one translation decides the type.
-            error = await self._model._path.translate(self._lease, exc)
-            if error is None or error is exc:
-                raise
-            raise error from exc
-
-    async def aclose(self) -> None:
-        """Close the HTTP stream and release the request (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        self._model._streams.discard(self)
-        self._lease.release()
-        if self._rid is not None and not self._finished:  # closed early: stop it on the server
-            self._model._path.abort_later(self._lease, self._rid)
-        try:
-            await self._stream.close()
-        except Exception:  # closing a broken connection must not mask the real error
-            logger.debug("error while closing a stream", exc_info=True)
-
-    def __del__(self) -> None:
-        # Abandoned without aclose() (e.g. `break` out of `async for`): give the lease back,
-        # or the server would count it in flight forever and never go idle.
-        if self._closed:
-            return
-        self._closed = True
-        warnings.warn("ChatStream was not closed; use `async with` or `await stream.aclose()`",
-                      ResourceWarning, stacklevel=1)
-        with contextlib.suppress(RuntimeError):  # the loop is already closed
-            self._loop.call_soon_threadsafe(_abandon, self._lease, self._stream,
-                                            None if self._finished else self._rid,
-                                            self._model._path)
-
-    async def __aenter__(self) -> ChatStream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-
-class GenerateStream(AsyncIterator[GenerateChunk]):
-    """An async iterator of :class:`~sglang_backend.native.GenerateChunk` over a ``/generate``
-    stream; also an async context manager. A streamed batch (or ``n > 1``) interleaves its
-    outputs: ``chunk.index`` says which.
-
-    It counts as in flight until it is exhausted or closed. Closed early (``aclose``, leaving
-    ``async with``, cancelling the consumer), the library aborts the request on the server by
-    its ``rid``. A ``data: {"error": ...}`` event becomes the library's typed error.
-    """
-
-    def __init__(self, model: AsyncSGLangModel, response: _http.httpx.Response, lease: Lease,
-                 rids: list[str]) -> None:
-        self._model = model
-        self._response = response
-        self._lines = response.aiter_lines()
-        self._lease = lease
-        self.rids = rids
-        self.rid = rids[0]
-        self._texts: dict[int, str] = {}
-        self._finished = False
-        self._closed = False
-        self._loop = asyncio.get_running_loop()
-        model._streams.add(self)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def __aiter__(self) -> GenerateStream:
-        return self
-
-    async def __anext__(self) -> GenerateChunk:
-        if self._closed:
-            if self._model._closed:
-                raise ModelClosedError("the model was closed while streaming")
-            raise StopAsyncIteration
-        try:
-            chunk = await self._next_chunk()
-        except StopAsyncIteration:
-            self._finished = True
-            await self.aclose()
-            raise
-        except asyncio.CancelledError:
-            await asyncio.shield(self.aclose())
-            if self._model._closed:
-                raise ModelClosedError("the model was closed while streaming") from None
-            raise
-        except SGLangError:
-            self._finished = True
-            await self.aclose()
-            raise
-        except Exception as exc:
-            self._finished = True
-            await self.aclose()
-            if self._model._closed:
-                raise ModelClosedError("the model was closed while streaming") from exc
-            error = await self._model._path.translate(self._lease, exc)
-            if error is None or error is exc:
-                raise
-            raise error from exc
-        return chunk
-
-    async def _next_chunk(self) -> GenerateChunk:
-        while True:
-            line = await self._lines.__anext__()
-            if not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
-            if data == "[DONE]":
-                raise StopAsyncIteration
-            try:
-                body = json.loads(data)
-            except ValueError:
-                raise RequestError(f"/generate streamed an undecodable event: {data[:200]}") \
-                    from None
-            if isinstance(body, dict) and "error" in body:
-                raise stream_error(body)
-            try:
-                chunk = GenerateChunk.model_validate(body)
-            except pydantic.ValidationError as exc:
-                raise RequestError(f"/generate streamed an unexpected event: {data[:200]}",
-                                   body=body) from exc
-            text, before = chunk.text, self._texts.get(chunk.index, "")
-            delta = text[len(before):] if text.startswith(before) else text
-            self._texts[chunk.index] = text
-            return chunk.model_copy(update={"delta": delta})
-
-    async def aclose(self) -> None:
-        """Close the HTTP stream and release the request (idempotent); a stream closed before
-        its end is aborted on the server."""
-        if self._closed:
-            return
-        self._closed = True
-        self._model._streams.discard(self)
-        self._lease.release()
-        if not self._finished:
-            self._model._path.abort_later(self._lease, self.rids)
-        try:
-            await self._response.aclose()
-        except Exception:  # closing a broken connection must not mask the real error
-            logger.debug("error while closing a stream", exc_info=True)
-
-    def __del__(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        warnings.warn("GenerateStream was not closed; use `async with` or `await stream.aclose()`",
-                      ResourceWarning, stacklevel=1)
-        with contextlib.suppress(RuntimeError):  # the loop is already closed
-            self._loop.call_soon_threadsafe(
-                _abandon, self._lease, _ResponseCloser(self._response),
-                None if self._finished else self.rids, self._model._path)
-
-    async def __aenter__(self) -> GenerateStream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-
-class _ResponseCloser:
-    __slots__ = ("_response",)
-
-    def __init__(self, response: _http.httpx.Response) -> None:
-        self._response = response
-
-    async def close(self) -> None:
-        await self._response.aclose()
-
-
 class AsyncSGLangModel:
     """An SGLang chat model for asyncio code, launching and supervising its server if needed.
 
@@ -456,7 +219,7 @@ class AsyncSGLangModel:
         self._path = RequestPath(self._get_backend, timeout=self._timeout,
                                  closed=lambda: self._closed or self._forked_from is not None,
                                  current=lambda: self._backend)
-        self._streams: weakref.WeakSet[ChatStream | GenerateStream] = weakref.WeakSet()
+        self._streams: weakref.WeakSet[LeasedStream[Any]] = weakref.WeakSet()
         # LoRA adapters loaded at run time (name -> (path, pinned)), loaded again after every
         # relaunch; launch-time adapters (lora_paths) unloaded since, unloaded again.
         self._lora_loaded: dict[str, tuple[str, bool]] = {}
@@ -737,7 +500,8 @@ class AsyncSGLangModel:
             return response
 
         response, lease = await self._path.open(send, rid=request.rids)
-        return GenerateStream(self, response, lease, request.rids)
+        return GenerateStream(response, lease, request.rids, path=self._path,
+                              registry=self._streams)
 
     async def abort(self, rid: str) -> None:
         """Abort the request ``rid`` on the server (every worker behind a router)."""
@@ -1205,7 +969,7 @@ class AsyncSGLangModel:
             return stream
 
         stream, lease = await self._path.open(send, rid=rid)
-        return ChatStream(self, stream, lease, rid)
+        return ChatStream(stream, lease, rid, path=self._path, registry=self._streams)
 
     async def _tokenize(
         self, body: dict[str, Any], messages: list[Mapping[str, Any]] | None = None
@@ -1250,10 +1014,6 @@ def _remember_pid() -> None:
 os.register_at_fork(before=_remember_pid, after_in_child=_forget_models_after_fork)
 
 
-class _Closable(Protocol):
-    async def close(self) -> None: ...
-
-
 async def _warm_up_request_path() -> None:
     """Run one request through throwaway clients against a closed port (in a worker thread).
 
@@ -1290,15 +1050,6 @@ _SAMPLE_CHUNK: dict[str, Any] = {
     "id": "0", "object": "chat.completion.chunk", "created": 0, "model": "m",
     "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}],
 }
-
-
-def _abandon(lease: Lease, stream: _Closable, rid: str | list[str] | None = None,
-             path: RequestPath | None = None) -> None:
-    lease.release()
-    if rid is not None and path is not None:
-        path.abort_later(lease, rid)
-    task = asyncio.ensure_future(stream.close())
-    task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
 def _parse(completion: ChatCompletion, into: type[pydantic.BaseModel]) -> ChatCompletion:
