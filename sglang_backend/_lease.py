@@ -272,8 +272,8 @@ class RequestPath:
                 again = await backend.recover(lease._token, exc, sent=failure.sent)
             except SGLangError as typed:  # the backend's verdict: crashed, closed
                 return typed
-            if again and retry:
-                return None
+            if (again or failure.retry_if_alive) and retry:
+                return None  # not reached, or a kept-alive connection lost to a live server
             return ServerUnavailableError(
                 f"could not reach the server at {lease.base_url}: "
                 f"{type(exc.__cause__ or exc).__name__}"

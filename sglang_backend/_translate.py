@@ -108,10 +108,21 @@ class Failure:
     transport: bool = False
     sent: bool = True
     retry_after_recovery: bool = False
+    #: The server closed the connection before answering at all: a kept-alive connection
+    #: that the server timed out just as it was reused, unless the server died. Safe to send
+    #: again once the supervisor has seen the server alive.
+    retry_if_alive: bool = False
 
 
 def _is_timeout(exc: BaseException) -> bool:
     return isinstance(exc, (openai.APITimeoutError, httpx.TimeoutException))
+
+
+def _no_response(exc: BaseException) -> bool:
+    for error in (exc, exc.__cause__, exc.__context__):
+        if isinstance(error, httpx.RemoteProtocolError) and "without sending a response" in str(error):
+            return True
+    return False
 
 
 def _never_sent(exc: BaseException) -> bool:
@@ -138,7 +149,8 @@ def classify(exc: BaseException, *, timeout: float) -> Failure:
     if isinstance(exc, httpx.HTTPStatusError):
         return Failure(status_error(exc.response.status_code, _decoded(exc.response)))
     if isinstance(exc, (openai.APIConnectionError, httpx.TransportError)):
-        return Failure(None, transport=True, sent=not _never_sent(exc))
+        return Failure(None, transport=True, sent=not _never_sent(exc),
+                       retry_if_alive=_no_response(exc))
     if isinstance(exc, openai.APIError):  # an error event inside a 200 stream
         body = exc.body
         return Failure(RequestError(

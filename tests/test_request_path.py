@@ -266,3 +266,13 @@ async def test_no_repr_or_str_shows_the_key(standin: Standin) -> None:
                 assert key not in repr(obj), type(obj).__name__
                 assert key not in str(obj), type(obj).__name__
         await stream.aclose()
+
+
+def test_a_connection_closed_before_any_answer_may_be_sent_again_if_the_server_lives() -> None:
+    from sglang_backend._http import httpx
+    from sglang_backend._translate import classify
+
+    race = httpx.RemoteProtocolError("Server disconnected without sending a response.")
+    assert classify(race, timeout=1).retry_if_alive
+    cut = httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+    assert not classify(cut, timeout=1).retry_if_alive  # an answer had begun: never resent
