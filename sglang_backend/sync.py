@@ -120,6 +120,13 @@ class _Portal:
     def call(self, func: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``func`` on the loop and wait; Ctrl-C (or any interruption) cancels it there
         and waits for the cancellation to finish, so the model is consistent afterwards."""
+        if self.in_loop_thread():
+            # Waiting here would wait for this very thread: a hang, forever.
+            raise RuntimeError(
+                "a blocking SGLangModel method was called from the model's own event loop "
+                "thread (an on_event callback?); hand the work to another thread, or use "
+                "model.async_model there"
+            )
         started = threading.Event()
         finished = threading.Event()
 

@@ -258,3 +258,25 @@ def test_sigkill_of_script_kills_server_tree(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_blocking_call_from_the_models_own_loop_thread_is_an_error_not_a_hang(
+    standin: Standin,
+) -> None:
+    seen: list[BaseException] = []
+
+    def on_event(event: object) -> None:
+        if getattr(event, "kind", None) == "ready":
+            try:
+                model.is_ready()  # runs on the loop thread: would wait for itself
+            except RuntimeError as exc:
+                seen.append(exc)
+
+    model = SGLangModel(MODEL, server=standin(), on_event=on_event)
+    try:
+        model.start()
+        assert seen
+        assert "own event loop thread" in str(seen[0])
+        assert model.run(HELLO).choices  # the model is unharmed
+    finally:
+        model.close()
