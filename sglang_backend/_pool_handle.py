@@ -5,14 +5,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import openai
 
 from . import _http
 from ._lease import Lease
-from ._transport import LeasedAsyncTransport
+from ._transport import LeasedAsyncTransport, ReleasingAsyncStream
 from .model import AsyncSGLangModel
 from .server import ServerState
 
@@ -28,22 +27,6 @@ _DIRECT = frozenset({"abort", "abort_all", "is_ready", "touch", "check_model_con
 _REFUSED = frozenset({"aclose", "close", "cleanup"})
 
 
-class _NotifyingStream(httpx.AsyncByteStream):
-    def __init__(self, inner: Any, notify: Callable[[], None]) -> None:
-        self._inner = inner
-        self._notify = notify
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._inner:
-            yield chunk
-
-    async def aclose(self) -> None:
-        try:
-            await self._inner.aclose()
-        finally:
-            self._notify()
-
-
 class _PoolTransport(httpx.AsyncBaseTransport):
     """Admits each request through the pool, then through the member's own lease."""
 
@@ -56,7 +39,7 @@ class _PoolTransport(httpx.AsyncBaseTransport):
         async with self._pool._admitted(self._member):
             response = await self._inner.handle_async_request(request)
         # The body keeps the member's own lease until it is closed; the pool is told then.
-        response.stream = _NotifyingStream(response.stream, self._pool._notify)
+        response.stream = ReleasingAsyncStream(response.stream, self._pool._notify)
         return response
 
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 from . import _http
 from ._lease import Lease, RequestPath
 
-__all__ = ["LeasedAsyncTransport", "LeasedSyncTransport", "LoopPortal"]
+__all__ = ["LeasedAsyncTransport", "LeasedSyncTransport", "LoopPortal", "ReleasingAsyncStream"]
 
 httpx = _http.httpx
 T = TypeVar("T")
@@ -35,7 +35,10 @@ def _retarget(request: Any, lease: Lease) -> None:
         request.headers.pop("Authorization", None)
 
 
-class _ReleasingAsyncStream(httpx.AsyncByteStream):
+class ReleasingAsyncStream(httpx.AsyncByteStream):
+    """A response body that calls ``release`` once it is closed (a lease given back, a pool
+    told a slot is free)."""
+
     def __init__(self, inner: Any, release: Callable[[], None]) -> None:
         self._inner = inner
         self._release = release
@@ -75,7 +78,7 @@ class LeasedAsyncTransport(httpx.AsyncBaseTransport):
                     if verdict is None:
                         continue
                 raise
-            response.stream = _ReleasingAsyncStream(response.stream, lease.release)
+            response.stream = ReleasingAsyncStream(response.stream, lease.release)
             return response
         raise AssertionError("unreachable")  # pragma: no cover
 
