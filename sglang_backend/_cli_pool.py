@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
 from collections.abc import Sequence
 
 from ._pool_file import load_pool_file
+from ._stop_signals import StopSignals
 from .errors import ConfigError
 from .server import ServerEvent
 
@@ -68,18 +68,8 @@ async def serve_pool(args: argparse.Namespace, extra: Sequence[str]) -> int:
                               f"${front_opts['api_key_env']}, which is not set")
     pool = spec.build(on_event=PoolEventPrinter())
     front = PoolFront(pool, host=host, port=port, api_key=key)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    received: list[str] = []
-
-    def on_signal(signum: signal.Signals) -> None:
-        received.append(signum.name)
-        stop.set()
-
-    installed = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
-        installed.append(signum)
+    signals = StopSignals()
+    signals.install()
     try:
         await front.start()
         print(f"Model pool front ({len(pool.names)} models, from {spec.path}) is ready.")
@@ -95,11 +85,10 @@ async def serve_pool(args: argparse.Namespace, extra: Sequence[str]) -> int:
         policy = pool.max_loaded if pool.max_loaded is not None else "no limit"
         print(f"  Policy:   max_loaded={policy}; models load on first request. "
               "Ctrl-C or SIGTERM stops every model.", flush=True)
-        await front.serve_until(stop)
-        if received:
-            _say(f"Received {received[0]}: stopping the pool …")
+        await front.serve_until(signals.stop)
+        if signals.received:
+            _say(f"Received {signals.received[0]}: stopping the pool …")
         return EXIT_OK
     finally:
         await front.aclose()
-        for signum in installed:
-            loop.remove_signal_handler(signum)
+        signals.remove()

@@ -35,6 +35,7 @@ from pydantic import BaseModel
 
 from . import __version__, _http
 from ._progress import StartupProgress
+from ._stop_signals import StopSignals
 from .config import ServerConfig
 from .errors import (
     AuthenticationError,
@@ -686,18 +687,8 @@ async def _serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
     events = _Events(progress)
     model = AsyncSGLangModel(args.model_path, api_key=args.api_key, server=config,
                              on_event=events)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    received: list[str] = []
-
-    def on_signal(signum: signal.Signals) -> None:
-        received.append(signum.name)
-        stop.set()
-
-    installed = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
-        installed.append(signum)
+    signals = StopSignals()
+    signals.install()
     keeper: asyncio.Task[None] | None = None
     try:
         await model.start()
@@ -713,7 +704,7 @@ async def _serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
             keeper = asyncio.ensure_future(
                 _keep_alive_on_traffic(model, min(1.0, args.idle_timeout / 4))
             )
-        waiter = asyncio.ensure_future(stop.wait())
+        waiter = asyncio.ensure_future(signals.stop.wait())
         ended = asyncio.ensure_future(events.wait_for("idle_stopped", "crashed",
                                                       timeout=float("inf")))
         try:
@@ -721,8 +712,8 @@ async def _serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
         finally:
             waiter.cancel()
             ended.cancel()
-        if received:
-            _print(f"Received {received[0]}: stopping the server …", file=sys.stderr)
+        if signals.received:
+            _print(f"Received {signals.received[0]}: stopping the server …", file=sys.stderr)
             return EXIT_OK
         event = ended.result() if ended.done() and not ended.cancelled() else None
         if event is not None and event.kind == "crashed":
@@ -739,8 +730,7 @@ async def _serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
             await asyncio.gather(keeper, return_exceptions=True)
         await model.aclose()
         progress.close()
-        for signum in installed:
-            loop.remove_signal_handler(signum)
+        signals.remove()
 
 
 # ---------------------------------------------------------------------------------- status
