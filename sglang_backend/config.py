@@ -23,6 +23,7 @@ from pydantic import (
 
 from ._requests import check_regex
 from ._topology import PDTopology, normalize_worker_url
+from ._validation import validation_problems
 from .errors import ConfigError
 
 __all__ = ["DEFAULT_LAUNCH_COMMAND", "RouterKind", "RouterPolicy", "SGLangConfig", "ServerConfig"]
@@ -74,16 +75,8 @@ _ADAPTER_NAME_CHARS = frozenset("=:/ ")
 
 
 def _config_error(exc: ValidationError, what: str, allowed: list[str] | None = None) -> ConfigError:
-    problems = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(value)"
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown key {loc!r}"
-            if allowed:
-                msg += f"; allowed keys: {', '.join(sorted(allowed))}"
-        else:
-            msg = f"{loc}: {err['msg']} (got {err.get('input')!r})"
-        problems.append(msg)
+    problems = validation_problems(exc, unknown="unknown key", allowed_label="allowed keys",
+                                   allowed=allowed or ())
     return ConfigError(f"invalid {what}: " + "; ".join(problems))
 
 

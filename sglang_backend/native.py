@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ._translate import check_response, server_message, status_error
+from ._validation import validation_problems
 from .errors import BadRequestError, InvalidRequestError, RequestError
 
 __all__ = [
@@ -68,16 +69,9 @@ def new_rid() -> str:
 
 
 def _invalid(exc: ValidationError, what: str, allowed: Collection[str] = ()) -> InvalidRequestError:
-    problems = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(value)"
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown {what} key {loc!r}"
-            if allowed:
-                msg += f"; SGLang's keys are: {', '.join(sorted(allowed))}"
-        else:
-            msg = f"{what}.{loc}: {err['msg']} (got {err.get('input')!r})"
-        problems.append(msg)
+    problems = validation_problems(exc, unknown=f"unknown {what} key",
+                                   allowed_label="SGLang's keys are", allowed=allowed,
+                                   field_prefix=f"{what}.")
     return InvalidRequestError("; ".join(problems))
 
 
