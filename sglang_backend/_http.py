@@ -110,23 +110,33 @@ class ServerPool:
         self.client: httpx.AsyncClient = new_async_client(transport=self.transport)
         self._lock = threading.Lock()
         self._sync: httpx.Client | None = None
+        self._sync_transport: httpx.HTTPTransport | None = None
         self._closed = False
 
     def sync_client(self) -> httpx.Client:
         """The blocking twin of ``client`` for the facade's threads (built on first use).
 
-        Raises ``RuntimeError`` once the run's pool is closed, so a late caller never opens
-        connections to a server run that is over.
+        Once the run's pool is closed it raises ``ConnectError``: a late caller never opens
+        connections to a server run that is over, and the request path treats it as a
+        request that was never sent (admitted again, on the next run).
         """
         sync = self._sync
         if sync is not None:
             return sync
         with self._lock:
             if self._closed:
-                raise RuntimeError("this server run's connection pool is closed")
+                raise httpx.ConnectError("this server run's connection pool is closed")
             if self._sync is None:
-                self._sync = openai.DefaultHttpxClient(transport=new_sync_transport(self._url))
+                self._sync_transport = new_sync_transport(self._url)
+                self._sync = openai.DefaultHttpxClient(transport=self._sync_transport)
             return self._sync
+
+    def sync_transport(self) -> httpx.HTTPTransport:
+        """The blocking transport under :meth:`sync_client`, for the leased blocking clients
+        (:meth:`SGLangModel.openai_client`); closed with the run like everything here."""
+        self.sync_client()
+        assert self._sync_transport is not None
+        return self._sync_transport
 
     async def aclose(self) -> None:
         with self._lock:

@@ -110,7 +110,8 @@ class LeasedSyncTransport(httpx.BaseTransport):
     """A blocking transport whose requests a model admits on its loop thread.
 
     Admission (and a relaunch) runs on the model's loop; the HTTP exchange itself runs in the
-    caller's thread over a blocking pool of its own, replaced whenever the server run changes.
+    caller's thread over the server run's blocking pool (``ServerPool.sync_transport``),
+    which the run renews and closes.
     """
 
     BASE_URL = LeasedAsyncTransport.BASE_URL
@@ -119,19 +120,6 @@ class LeasedSyncTransport(httpx.BaseTransport):
     def __init__(self, path: RequestPath, portal: LoopPortal) -> None:
         self._path = path
         self._portal = portal
-        self._lock = threading.Lock()
-        self._run: object = None
-        self._inner: Any = None
-
-    def _transport_for(self, lease: Lease) -> Any:
-        # One blocking pool per server run: lease.http is replaced with every run.
-        with self._lock:
-            if self._run is not lease.http:
-                old, self._inner = self._inner, _http.new_sync_transport(lease.base_url)
-                self._run = lease.http
-                if old is not None:
-                    old.close()
-            return self._inner
 
     def handle_request(self, request: Any) -> Any:
         for attempt in range(_ATTEMPTS):
@@ -139,7 +127,7 @@ class LeasedSyncTransport(httpx.BaseTransport):
             release = _release_on_loop(self._portal, lease)
             try:
                 _retarget(request, lease)
-                response = self._transport_for(lease).handle_request(request)
+                response = lease.pool.sync_transport().handle_request(request)
             except BaseException as exc:
                 release()
                 if isinstance(exc, Exception):
@@ -152,10 +140,7 @@ class LeasedSyncTransport(httpx.BaseTransport):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
-        with self._lock:
-            inner, self._inner = self._inner, None
-        if inner is not None:
-            inner.close()
+        """Nothing to close: the connections belong to the server run's pool."""
 
 
 def _release_on_loop(portal: LoopPortal, lease: Lease) -> Callable[[], None]:
