@@ -759,6 +759,19 @@ class AsyncSGLangModel:
         if isinstance(self._backend, LaunchedServer):
             await self._backend.stop()
 
+    async def sleep(self) -> bool:
+        """Put a launched server to the warm sleep now, as ``ServerConfig.sleep_timeout``
+        would: its GPU memory released, the process kept; the next request wakes it.
+
+        True once asleep; False when there is nothing to put to sleep (connect mode, not
+        started, requests in flight) or SGLang refused (the server then stays awake).
+        """
+        if self._closed:
+            raise ModelClosedError("the model is closed")
+        if isinstance(self._backend, LaunchedServer):
+            return await self._backend.sleep()
+        return False
+
     async def aclose(self) -> None:
         """Stop the server (launch mode) and release every resource. Idempotent.
 

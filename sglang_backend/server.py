@@ -51,7 +51,7 @@ from .errors import (
     SGLangError,
 )
 from .router import RouterGroup, WorkerInfo
-from .watchdog import InactivityWatchdog
+from .watchdog import DirectTraffic, InactivityWatchdog
 
 Supervised = ServerProcess | RouterGroup
 """What a launched server is: one process tree, or workers behind an sglang-router."""
@@ -482,6 +482,7 @@ class LaunchedServer(Backend):
         self._watchdog = InactivityWatchdog(
             config.inactivity_timeout, self._idle_stop,
             sleep_after=config.sleep_timeout, on_sleep=self._fall_asleep,
+            traffic=DirectTraffic(self.direct_urls) if config.keep_alive_on_traffic else None,
         )
         self._sleep_task: asyncio.Task[bool] | None = None
         self._wake_task: asyncio.Task[None] | None = None
@@ -525,6 +526,15 @@ class LaunchedServer(Backend):
     def launches(self) -> int:
         """How many times a server process was launched (relaunches included)."""
         return self._launches
+
+    @property
+    def asleep(self) -> bool:
+        """In the warm sleep with its memory released, and no wake under way (a server
+        falling asleep or waking still holds, or takes, its memory)."""
+        sleeping = self._sleep_task
+        return (self.state is ServerState.SLEEPING and self._wake_task is None
+                and sleeping is not None and sleeping.done() and not sleeping.cancelled()
+                and sleeping.exception() is None and sleeping.result())
 
     # -- admission ----------------------------------------------------------------------
     async def acquire(self) -> object:
@@ -818,17 +828,32 @@ class LaunchedServer(Backend):
         return True
 
     # -- the warm sleep ---------------------------------------------------------------
-    def _fall_asleep(self) -> bool:
-        """Called by the watchdog after ``sleep_timeout`` idle seconds, synchronously: like the
-        idle stop, the check and the state change are one step, under the admission lock."""
+    def _begin_sleep(self) -> asyncio.Task[bool] | None:
+        """READY and idle → SLEEPING and the memory release started; None when the server is
+        not ready or has requests in flight. Like the idle stop, the check and the state
+        change are one step, under the admission lock, so no request slips in between."""
         with self._admission:
-            if self.state is not ServerState.READY:
-                return True
-            if self.inflight:
-                return False
+            if self.state is not ServerState.READY or self.inflight:
+                return None
             self.state = ServerState.SLEEPING
         self._sleep_task = asyncio.ensure_future(self._release_memory())
-        return True
+        return self._sleep_task
+
+    def _fall_asleep(self) -> bool:
+        """The watchdog's hook after ``sleep_timeout`` idle seconds, synchronously. True:
+        asleep, or nothing to put to sleep; False: busy, look again shortly."""
+        return self._begin_sleep() is not None or self.state is not ServerState.READY
+
+    async def sleep(self) -> bool:
+        """The warm sleep now, as ``sleep_timeout`` would: True once the server's memory is
+        released (the process kept; the next request wakes it). False when it is not ready
+        and idle, or the release failed (it then stays awake and serving)."""
+        task = self._begin_sleep()
+        if task is None and self.state is ServerState.SLEEPING:
+            task = self._sleep_task  # already falling asleep: the same release
+            if task is None:
+                return True
+        return await asyncio.shield(task) if task is not None else False
 
     async def _memory_call(self, path: str) -> None:
         """POST ``path`` to every server of the run (each worker of a group), admin key first."""

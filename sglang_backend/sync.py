@@ -763,6 +763,11 @@ class SGLangModel:
         """Stop a launched server now; the next request relaunches it."""
         self._runtime.portal.call(self._async.stop)
 
+    def sleep(self) -> bool:
+        """:meth:`AsyncSGLangModel.sleep`: the warm sleep now; True once asleep."""
+        result: bool = self._runtime.portal.call(self._async.sleep)
+        return result
+
     def close(self) -> None:
         """Stop the server and the loop thread. Idempotent."""
         self._runtime.close()

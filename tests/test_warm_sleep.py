@@ -67,3 +67,40 @@ def test_the_facade_wakes_a_sleeping_server(standin: Standin, events_file: Path)
         assert model.run(HELLO).choices
         assert model.state is ServerState.READY
         assert "resume_memory" in [e["event"] for e in read_events(events_file)]
+
+
+async def test_sleep_now_releases_memory_and_the_next_request_wakes_it(
+    standin: Standin, events_file: Path
+) -> None:
+    events: list[ServerEvent] = []
+    async with AsyncSGLangModel(MODEL, server=standin(), on_event=events.append) as model:
+        pid = model.pid
+        stream = await model.run(HELLO, stream=True)
+        assert await model.sleep() is False  # a stream is open: it stays awake
+        assert model.state is ServerState.READY
+        await stream.aclose()
+        assert await model.sleep() is True
+        assert await model.sleep() is True  # already asleep: nothing more to release
+        assert model.state is ServerState.SLEEPING and model.pid == pid
+        assert [e["event"] for e in read_events(events_file)].count("release_memory") == 1
+        assert (await model.run(HELLO)).choices
+        assert model.state is ServerState.READY and model.pid == pid
+        assert [e.kind for e in events].count("awake") == 1
+
+
+async def test_sleep_in_connect_mode_is_not_ours(standin: Standin) -> None:
+    async with AsyncSGLangModel(MODEL, server=standin()) as launched:
+        assert launched.base_url is not None
+        remote = AsyncSGLangModel(MODEL, url=launched.base_url, api_key=launched.api_key)
+        async with remote:
+            assert await remote.sleep() is False
+        assert launched.state is ServerState.READY
+
+
+def test_the_facade_sleeps_now(standin: Standin) -> None:
+    with SGLangModel(MODEL, server=standin()) as model:
+        model.run(HELLO)
+        assert model.sleep() is True
+        assert model.state is ServerState.SLEEPING
+        assert model.run(HELLO).choices
+        assert model.state is ServerState.READY
