@@ -29,7 +29,7 @@ __all__ = ["PoolFile", "load_pool_file"]
 
 POOL_KEYS = {"max_loaded", "max_waiting", "wait_timeout", "serial_starts"}
 FRONT_KEYS = {"host", "port", "api_key_env"}
-MODEL_KEYS = {"model_path", "aliases", "pinned", "group", "gpus", "memory", "timeout",
+MODEL_KEYS = {"model_path", "aliases", "pinned", "group", "gpus", "memory", "timeout", "evict",
               "model_config", "server"}
 
 

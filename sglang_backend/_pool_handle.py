@@ -1,4 +1,4 @@
-"""The handle :meth:`ModelPool.model` returns, and the transport under its SDK clients."""
+"""The handle :meth:`ModelPool.model` returns."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import openai
 
-from . import _http
 from ._lease import Lease
-from ._transport import LeasedAsyncTransport, ReleasingAsyncStream
+from ._transport import LeasedAsyncTransport
 from .model import AsyncSGLangModel
 from .server import ServerState
 
@@ -20,27 +19,10 @@ if TYPE_CHECKING:
 
 __all__ = ["PoolModel"]
 
-httpx = _http.httpx
 # Model methods passed through without admission: they must never load a model.
-_DIRECT = frozenset({"abort", "abort_all", "is_ready", "touch", "check_model_config"})
+_DIRECT = frozenset({"abort", "abort_all", "is_ready", "touch", "check_model_config", "sleep"})
 # The pool owns its members' lives.
 _REFUSED = frozenset({"aclose", "close", "cleanup"})
-
-
-class _PoolTransport(httpx.AsyncBaseTransport):
-    """Admits each request through the pool, then through the member's own lease."""
-
-    def __init__(self, pool: ModelPool, member: _Member) -> None:
-        self._pool = pool
-        self._member = member
-        self._inner = LeasedAsyncTransport(member.model.request_path)
-
-    async def handle_async_request(self, request: Any) -> Any:
-        async with self._pool._admitted(self._member):
-            response = await self._inner.handle_async_request(request)
-        # The body keeps the member's own lease until it is closed; the pool is told then.
-        response.stream = ReleasingAsyncStream(response.stream, self._pool._notify)
-        return response
 
 
 class PoolModel:
@@ -120,8 +102,10 @@ class PoolModel:
 
     def http_client(self, **options: Any) -> Any:
         """An ``AsyncClient`` (the SDK's stack) whose every request the pool admits."""
+        # Each request loads the member and holds its pool slot until the body is closed.
+        transport = LeasedAsyncTransport(self._member.model.request_path, leases=self.lease)
         client = openai.DefaultAsyncHttpxClient(
-            transport=_PoolTransport(self._pool, self._member),
+            transport=transport,
             base_url=LeasedAsyncTransport.BASE_URL.removesuffix("/v1"),
             trust_env=False, **options,
         )

@@ -10,6 +10,9 @@ reported so a dead server is relaunched by the next request. Errors stay the HTT
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Protocol, TypeVar
@@ -17,11 +20,38 @@ from typing import Any, Protocol, TypeVar
 from . import _http
 from ._lease import Lease, RequestPath
 
-__all__ = ["LeasedAsyncTransport", "LeasedSyncTransport", "LoopPortal", "ReleasingAsyncStream"]
+__all__ = ["LeaseFactory", "LeasedAsyncTransport", "LeasedSyncTransport", "LoopPortal",
+           "ReleasingAsyncStream", "ReleasingSyncStream"]
 
 httpx = _http.httpx
 T = TypeVar("T")
 _ATTEMPTS = 2
+logger = logging.getLogger("sglang_backend")
+
+#: Where a transport gets each request's lease when the model's own admission is not enough
+#: (a pool first loads the member and holds its slot): a fresh async context manager per
+#: request, entered before the exchange and exited when the response body is closed.
+LeaseFactory = Callable[[], contextlib.AbstractAsyncContextManager[Lease]]
+
+
+async def _enter(path: RequestPath, leases: LeaseFactory | None) -> tuple[Lease, Callable[[], None]]:
+    """One request's lease and its release (a plain call, made on the loop thread)."""
+    if leases is None:
+        lease = await path.admit()
+        return lease, lease.release
+    context = leases()
+    lease = await context.__aenter__()
+
+    def release() -> None:
+        task = asyncio.ensure_future(context.__aexit__(None, None, None))
+        task.add_done_callback(_log_failure)
+
+    return lease, release
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("releasing a lease failed", exc_info=task.exception())
 
 
 def _retarget(request: Any, lease: Lease) -> None:
@@ -61,24 +91,25 @@ class LeasedAsyncTransport(httpx.AsyncBaseTransport):
     BASE_URL = "http://sglang-backend.invalid/v1"
     PLACEHOLDER_KEY = "sglang-backend-placeholder-key"
 
-    def __init__(self, path: RequestPath) -> None:
+    def __init__(self, path: RequestPath, leases: LeaseFactory | None = None) -> None:
         self._path = path
+        self._leases = leases
 
     async def handle_async_request(self, request: Any) -> Any:
         for attempt in range(_ATTEMPTS):
-            lease = await self._path.admit()
+            lease, release = await _enter(self._path, self._leases)
             try:
                 _retarget(request, lease)
                 response = await lease.transport.handle_async_request(request)
             except BaseException as exc:
-                lease.release()
+                release()
                 if isinstance(exc, Exception):
                     # Marks a dead server; None: never reached a restarting server, resend.
                     verdict = await self._path.translate(lease, exc, retry=attempt == 0)
                     if verdict is None:
                         continue
                 raise
-            response.stream = ReleasingAsyncStream(response.stream, lease.release)
+            response.stream = ReleasingAsyncStream(response.stream, release)
             return response
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -91,7 +122,9 @@ class LoopPortal(Protocol):
     def call_soon(self, func: Callable[[], object]) -> None: ...
 
 
-class _ReleasingSyncStream(httpx.SyncByteStream):
+class ReleasingSyncStream(httpx.SyncByteStream):
+    """The blocking twin of :class:`ReleasingAsyncStream`."""
+
     def __init__(self, inner: Any, release: Callable[[], None]) -> None:
         self._inner = inner
         self._release = release
@@ -117,14 +150,16 @@ class LeasedSyncTransport(httpx.BaseTransport):
     BASE_URL = LeasedAsyncTransport.BASE_URL
     PLACEHOLDER_KEY = LeasedAsyncTransport.PLACEHOLDER_KEY
 
-    def __init__(self, path: RequestPath, portal: LoopPortal) -> None:
+    def __init__(self, path: RequestPath, portal: LoopPortal,
+                 leases: LeaseFactory | None = None) -> None:
         self._path = path
         self._portal = portal
+        self._leases = leases
 
     def handle_request(self, request: Any) -> Any:
         for attempt in range(_ATTEMPTS):
-            lease: Lease = self._portal.call(self._path.admit)
-            release = _release_on_loop(self._portal, lease)
+            lease, release_now = self._portal.call(_enter, self._path, self._leases)
+            release = _release_on_loop(self._portal, release_now)
             try:
                 _retarget(request, lease)
                 response = lease.pool.sync_transport().handle_request(request)
@@ -135,7 +170,7 @@ class LeasedSyncTransport(httpx.BaseTransport):
                     if verdict is None:
                         continue
                 raise
-            response.stream = _ReleasingSyncStream(response.stream, release)
+            response.stream = ReleasingSyncStream(response.stream, release)
             return response
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -143,13 +178,13 @@ class LeasedSyncTransport(httpx.BaseTransport):
         """Nothing to close: the connections belong to the server run's pool."""
 
 
-def _release_on_loop(portal: LoopPortal, lease: Lease) -> Callable[[], None]:
-    """Release ``lease`` on the loop thread (the in-flight count lives there), once."""
+def _release_on_loop(portal: LoopPortal, release_now: Callable[[], None]) -> Callable[[], None]:
+    """Call ``release_now`` on the loop thread (the in-flight count lives there), once."""
     done = threading.Event()
 
     def release() -> None:
         if not done.is_set():
             done.set()
-            portal.call_soon(lease.release)
+            portal.call_soon(release_now)
 
     return release

@@ -18,7 +18,10 @@ state change it justifies):
   are disjoint never compete for memory.
 * **Eviction.** To make room the pool stops the least recently used member that conflicts,
   is not ``pinned`` and has nothing in flight (no request, no open stream:
-  ``model.server.inflight``). If none can go, the newcomer waits; at most ``max_waiting``
+  ``model.server.inflight``). A member added with ``evict="sleep"`` is put to the warm sleep
+  instead (its GPU memory released, its process kept: it wakes in seconds, not minutes; it
+  is stopped if SGLang refuses the sleep). A sleeping member counts as not resident.
+  If none can go, the newcomer waits; at most ``max_waiting``
   requests wait (:class:`PoolQueueFullError` past it), each at most ``wait_timeout`` seconds
   (:class:`PoolTimeoutError`).
 * **One cold start at a time** per GPU set (``serial_starts="gpus"``: members sharing a GPU
@@ -30,8 +33,9 @@ state change it justifies):
 
 Pool events reach ``on_event`` as :class:`~sglang_backend.server.ServerEvent` with
 ``detail["model"]`` set to the member's name: ``queued``, ``loading``, ``loaded``
-(``duration``, ``waited``), ``load_failed``, ``evicting``, ``evicted`` (``reason``,
-``for_model``, ``duration``), ``unloaded`` (the member stopped on its own: idle or crash),
+(``duration``, ``waited``, ``woke``: True when it was a wake from the warm sleep),
+``load_failed``, ``evicting``, ``evicted`` (``reason``, ``for_model``, ``duration``,
+``how``: ``"stop"`` or ``"sleep"``), ``unloaded`` (the member stopped on its own: idle or crash),
 and every event of the members' own servers, tagged the same way.
 """
 
@@ -56,6 +60,7 @@ from .model import AsyncSGLangModel
 from .server import EventCallback, ServerEvent, ServerState
 
 __all__ = [
+    "EvictBy",
     "ModelPool",
     "PoolError",
     "PoolModel",
@@ -68,6 +73,7 @@ __all__ = [
 logger = logging.getLogger("sglang_backend.pool")
 
 SerialStarts = Literal["gpus", "pool", "none"]
+EvictBy = Literal["stop", "sleep"]
 _POLL = 0.25  # waiters re-check this often: streams closed outside the pool's sight
 _RESIDENT = (ServerState.STARTING, ServerState.READY, ServerState.STOPPING)
 
@@ -115,6 +121,7 @@ class _Member:
     group: str | None
     gpus: frozenset[int]
     memory: float | None
+    evict: EvictBy = "stop"
     last_used: float = 0.0
     load_task: asyncio.Task[None] | None = None
     evict_task: asyncio.Task[None] | None = None
@@ -126,8 +133,13 @@ class _Member:
     @property
     def resident(self) -> bool:
         """Holds (or is about to hold, or still holds) GPU memory."""
-        return (self.load_task is not None or self.evict_task is not None
-                or self.model.state in _RESIDENT)
+        if self.load_task is not None or self.evict_task is not None:
+            return True
+        state = self.model.state
+        if state is ServerState.SLEEPING:
+            server = self.model.server
+            return server is not None and not server.asleep
+        return state in _RESIDENT
 
     @property
     def busy(self) -> bool:
@@ -202,15 +214,19 @@ class ModelPool:
         model_config_dict: Mapping[str, Any] | None = None,
         api_key: str | None = None,
         timeout: float | None = None,
+        evict: EvictBy = "stop",
     ) -> PoolModel:
         """Add a member (no I/O); returns its handle.
 
         ``gpus`` (default: ``base_gpu_id`` .. ``base_gpu_id + tp_size * dp_size - 1`` of
         ``server``) and ``memory`` (the fraction of each of those GPUs it takes; default
-        ``server.mem_fraction_static``, None: not counted) are its GPU budget.
+        ``server.mem_fraction_static``, None: not counted) are its GPU budget. ``evict``:
+        how it makes room for another member, ``"stop"`` or ``"sleep"`` (the warm sleep).
         """
         if self._closed:
             raise ModelClosedError("the pool is closed")
+        if evict not in ("stop", "sleep"):
+            raise ConfigError(f"evict must be 'stop' or 'sleep', got {evict!r}")
         server = server or ServerConfig()
         aliases = tuple(aliases)
         for key in (name, *aliases):
@@ -229,7 +245,7 @@ class ModelPool:
             model_path, model_config_dict, api_key=api_key, timeout=timeout, server=server,
             on_event=functools.partial(self._member_event, name),
         )
-        member = _Member(name, model, aliases, pinned, group, gpu_set, memory)
+        member = _Member(name, model, aliases, pinned, group, gpu_set, memory, evict)
         self._members[name] = member
         for key in (name, *aliases):
             self._names[key] = name
@@ -258,11 +274,13 @@ class ModelPool:
         return [m.name for m in self._members.values() if m.ready]
 
     def describe(self) -> list[dict[str, Any]]:
-        """One dict per member: name, aliases, state, loaded, pinned, group, gpus, memory."""
+        """One dict per member: name, aliases, state, loaded, pinned, group, gpus, memory,
+        evict, inflight."""
         return [
             {"name": m.name, "aliases": list(m.aliases), "state": m.model.state.value,
              "loaded": m.ready, "pinned": m.pinned, "group": m.group, "gpus": sorted(m.gpus),
-             "memory": m.memory, "inflight": m.model.server.inflight if m.model.server else 0}
+             "memory": m.memory, "evict": m.evict,
+             "inflight": m.model.server.inflight if m.model.server else 0}
             for m in self._members.values()
         ]
 
@@ -473,8 +491,9 @@ class ModelPool:
                 for key in self._start_lock_keys(member):
                     await locks.enter_async_context(self._start_locks.setdefault(key, asyncio.Lock()))
                 started = time.monotonic()
+                woke = member.model.state is ServerState.SLEEPING
                 self._emit("loading", member, waited=round(started - queued, 3),
-                           gpus=sorted(member.gpus))
+                           gpus=sorted(member.gpus), woke=woke)
                 try:
                     for _ in range(3):  # a start during the member's own idle stop waits it out
                         await member.model.start()
@@ -485,19 +504,23 @@ class ModelPool:
                                duration=round(time.monotonic() - started, 3))
                     raise
             self._emit("loaded", member, duration=round(time.monotonic() - started, 3),
-                       waited=round(started - queued, 3))
+                       waited=round(started - queued, 3), woke=woke)
         finally:
             member.load_task = None
             self._notify()
 
     async def _evict(self, victim: _Member, reason: str, newcomer: _Member) -> None:
         started = time.monotonic()
-        self._emit("evicting", victim, reason=reason, for_model=newcomer.name)
+        self._emit("evicting", victim, reason=reason, for_model=newcomer.name, how=victim.evict)
+        how: EvictBy = "stop"
         try:
-            await victim.model.stop()
+            if victim.evict == "sleep" and await victim.model.sleep():
+                how = "sleep"
+            else:
+                await victim.model.stop()
         finally:
             victim.evict_task = None
-            self._emit("evicted", victim, reason=reason, for_model=newcomer.name,
+            self._emit("evicted", victim, reason=reason, for_model=newcomer.name, how=how,
                        duration=round(time.monotonic() - started, 3))
             self._notify()
 

@@ -15,8 +15,10 @@ from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, TypeVar
 
+import openai
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from ._transport import LeasedSyncTransport
 from .errors import ModelClosedError
 from .model import ChatStream, GenerateStream
 from .pool import ModelPool, PoolModel
@@ -54,6 +56,18 @@ class SyncModelPool:
                 self._portal = self._portal_cm.__enter__()
             portal = self._portal
         return portal.call(functools.partial(func, *args, **kwargs))
+
+    def call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``func`` (a coroutine function or a plain one) on the pool's loop; its result."""
+        return self._call(func, *args, **kwargs)
+
+    def call_soon(self, func: Callable[[], object]) -> None:
+        """Schedule ``func`` on the pool's loop without waiting (a no-op once closed)."""
+        with self._lock:
+            portal = self._portal
+        if portal is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nothing to release
+                portal.start_task_soon(_run_plain, func)
 
     def add(self, name: str, model_path: str, **options: Any) -> SyncPoolModel:
         """:meth:`ModelPool.add` (no I/O); returns the blocking handle."""
@@ -148,10 +162,37 @@ class SyncPoolModel:
                                              add_special_tokens=add_special_tokens)
         return result
 
+    def sleep(self) -> bool:
+        """Put the member to the warm sleep now (see :meth:`AsyncSGLangModel.sleep`)."""
+        result: bool = self._pool._call(self._handle.model.sleep)
+        return result
+
+    def http_client(self, **options: Any) -> Any:
+        """A blocking ``httpx.Client`` (the SDK's stack) whose every request the pool admits:
+        loaded (making room by policy) on the pool's loop, then sent from the caller's thread."""
+        transport = LeasedSyncTransport(self._handle.model.request_path, self._pool,
+                                        leases=self._handle.lease)
+        return openai.DefaultHttpxClient(
+            transport=transport, base_url=LeasedSyncTransport.BASE_URL.removesuffix("/v1"),
+            trust_env=False, **options)
+
+    def openai_client(self, **options: Any) -> openai.OpenAI:
+        """A blocking ``openai.OpenAI`` whose every request the pool admits (``model=`` is
+        yours to set: :attr:`request_model`)."""
+        options.setdefault("max_retries", 0)
+        options.setdefault("timeout", self._handle.model.timeout)
+        return openai.OpenAI(
+            base_url=LeasedSyncTransport.BASE_URL, api_key=LeasedSyncTransport.PLACEHOLDER_KEY,
+            http_client=self.http_client(), **options)
+
     def _blocking(self, result: Any) -> Any:
         if isinstance(result, (ChatStream, GenerateStream)):
             return _iterate(self._pool, result)
         return result
+
+
+async def _run_plain(func: Callable[[], object]) -> None:
+    func()
 
 
 def _iterate(pool: SyncModelPool, stream: ChatStream | GenerateStream) -> Iterator[Any]:

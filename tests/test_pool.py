@@ -4,13 +4,23 @@ never evicted, the bounded wait queue, one cold start at a time, pool events."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sglang_backend import ModelClosedError, ModelPool, ServerConfig, ServerEvent, ServerStartError
+from sglang_backend import (
+    ConfigError,
+    ModelClosedError,
+    ModelPool,
+    ServerConfig,
+    ServerEvent,
+    ServerStartError,
+    ServerState,
+)
 from sglang_backend.pool import PoolQueueFullError, PoolTimeoutError, UnknownModelError
 from sglang_backend.pool_sync import SyncModelPool
 
@@ -274,3 +284,64 @@ async def test_failed_load_reaches_every_waiter_and_the_pool_goes_on(standin: St
         assert pool.waiting == 0
         assert (await pool.model("ok").run(MESSAGES)).model == "ok"
         assert _kinds(events, "evicted") == []  # a failed member holds no room
+
+
+async def test_evict_by_sleep_keeps_the_process_and_wakes_it(standin: Standin,
+                                                              events_file: Path) -> None:
+    events: list[ServerEvent] = []
+    async with ModelPool(max_loaded=1, on_event=events.append) as pool:
+        a = pool.add("a", MODEL, server=standin(served_model_name="a"), evict="sleep")
+        b = pool.add("b", MODEL, server=standin(served_model_name="b"))
+        assert pool.describe()[0]["evict"] == "sleep"
+        await a.run(MESSAGES)
+        pid_a = a.model.pid
+        await b.run(MESSAGES)  # a makes room by sleeping: its process is kept
+        evicted = next(e for e in events if e.kind == "evicted")
+        assert (evicted.detail["model"], evicted.detail["how"]) == ("a", "sleep")
+        assert a.state is ServerState.SLEEPING and a.model.pid == pid_a
+        assert pool.loaded() == ["b"]
+        assert [e["event"] for e in read_events(events_file)].count("release_memory") == 1
+
+        reply = await a.run(MESSAGES)  # b is stopped (its default); a wakes, not relaunched
+        assert reply.model == "a"
+        assert pool.loaded() == ["a"]
+        assert b.model.pid is None
+        assert a.model.pid == pid_a and a.model.server is not None
+        assert a.model.server.launches == 1
+        assert [e.detail["how"] for e in events if e.kind == "evicted"] == ["sleep", "stop"]
+        woke = [e.detail["woke"] for e in events if e.kind == "loaded" and e.detail["model"] == "a"]
+        assert woke == [False, True]
+        assert "resume_memory" in [e["event"] for e in read_events(events_file)]
+    assert a.model.pid is None  # closing the pool stops sleeping members too
+
+
+def test_evict_must_be_stop_or_sleep() -> None:
+    with pytest.raises(ConfigError, match="evict"):
+        ModelPool().add("a", MODEL, evict="hibernate")  # type: ignore[arg-type]
+
+
+def test_sync_pool_openai_client_is_admitted_by_the_pool(standin: Standin) -> None:
+    events: list[ServerEvent] = []
+    with SyncModelPool(max_loaded=1, on_event=events.append) as pool:
+        a = pool.add("a", MODEL, server=standin(served_model_name="a"), evict="sleep")
+        b = pool.add("b", MODEL, server=standin(served_model_name="b"))
+        client = a.openai_client()
+        reply = client.chat.completions.create(model=a.request_model, messages=MESSAGES)
+        assert reply.model == "a" and pool.loaded() == ["a"]  # the request loaded a
+        stream = client.chat.completions.create(model="a", messages=MESSAGES, stream=True)
+        # While a's SDK stream is open, a cannot be evicted: b's request waits for it.
+        with concurrent.futures.ThreadPoolExecutor(1) as executor:
+            waiting = executor.submit(
+                lambda: b.openai_client().chat.completions.create(model="b", messages=MESSAGES))
+            time.sleep(0.4)
+            assert not waiting.done() and a.state is ServerState.READY
+            text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+            assert text
+            stream.close()
+            assert waiting.result(timeout=30).model == "b"
+        assert pool.loaded() == ["b"] and a.state is ServerState.SLEEPING
+        assert a.openai_client().completions.create(model="a", prompt="Hi", max_tokens=3).choices
+        assert pool.loaded() == ["a"]
+        assert a.sleep() is True and a.state is ServerState.SLEEPING
+        client.close()
+    assert pool.loaded() == []
