@@ -21,7 +21,6 @@ from pydantic import (
     model_validator,
 )
 
-from ._requests import check_regex
 from ._topology import PDTopology, normalize_worker_url
 from ._validation import validation_problems
 from .errors import ConfigError
@@ -72,6 +71,7 @@ _LORA_FLAGS: dict[str, tuple[str, ...]] = {
     "lora_target_modules": ("--lora-target-modules",),
 }
 _ADAPTER_NAME_CHARS = frozenset("=:/ ")
+_METRICS_FLAG = "--enable-metrics"
 
 
 def _config_error(exc: ValidationError, what: str, allowed: list[str] | None = None) -> ConfigError:
@@ -141,6 +141,13 @@ class ServerConfig(BaseModel):
         " (/release_memory_occupation) but the process kept (state SLEEPING); the next request"
         " resumes it first. Must be below inactivity_timeout, which still stops it later."
         " None: no sleep.",
+    )
+    keep_alive_on_traffic: bool = Field(
+        default=False,
+        description="Count requests that reach the server without the library (other clients"
+        " of its URL) as activity, so the idle timers do not stop a server others are using:"
+        " the watchdog reads SGLang's /metrics request counters, and --enable-metrics is added"
+        " to the command line for them.",
     )
     shutdown_timeout: float = Field(
         default=10.0,
@@ -375,6 +382,10 @@ class ServerConfig(BaseModel):
             if value is not None:
                 args += _flag(flags[0], str(value))
         args += self.lora_args()
+        if self.keep_alive_on_traffic and not any(
+            _spells(_flag_name(arg), _METRICS_FLAG) for arg in self.extra_args
+        ):
+            args.append(_METRICS_FLAG)  # the watchdog reads /metrics (keep_alive_on_traffic)
         args += list(self.extra_args)
         return args
 
@@ -479,6 +490,8 @@ class SGLangConfig(BaseModel):
         # a malformed pattern fails here, not as a 400 after a server launch
         for name in ("regex", "stop_regex"):
             if getattr(self, name) is not None:
+                from ._requests import check_regex  # here: it imports openai, `--help` does not
+
                 check_regex(getattr(self, name), name)
         return self
 

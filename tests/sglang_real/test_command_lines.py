@@ -65,6 +65,13 @@ MATRIX: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = [
         {"log_level": "error", "random_seed": 7, "skip_server_warmup": True,
          "stream_response_default_include_usage": True, "enable_cache_report": True},
     ),
+    ("keep-alive-on-traffic", {"keep_alive_on_traffic": True}, {}, {"enable_metrics": True}),
+    (
+        "keep-alive-on-traffic-enable-metrics-given",
+        {"keep_alive_on_traffic": True, "extra_args": ("--enable-metrics",)},
+        {},
+        {"enable_metrics": True},
+    ),
     ("parsers-auto", {"tool_call_parser": "auto", "reasoning_parser": "auto"}, {}, {}),
     ("chat-template-file", {"chat_template": "/etc/templates/chat.jinja"}, {}, {}),
     ("tiny-mem-fraction", {"mem_fraction_static": 0.05, "context_length": 1}, {}, {}),
