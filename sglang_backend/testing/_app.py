@@ -17,7 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from sglang_backend.testing import _admin, _embeddings, _generate, _lora, _scoring
+from sglang_backend.testing import _admin, _embeddings, _generate, _lora, _responses_api, _scoring
 from sglang_backend.testing import _tokenizer as tok
 from sglang_backend.testing._auth import AuthMiddleware
 from sglang_backend.testing._checks import check_context, check_sampling
@@ -753,6 +753,7 @@ def build_app(state: ServerState) -> FastAPI:
     # ---------------------------------------------------------------- by concern
 
     _generate.register(app, state)
+    _responses_api.register(app, state)
     _embeddings.register(app, state)
     _scoring.register(app, state)
     _admin.register(app, state)

@@ -121,6 +121,7 @@ class StandinArgs:
     enable_metrics: bool = False
     stream_response_default_include_usage: bool = False
     enable_cache_report: bool = False
+    enable_response_store: bool = False
     allow_auto_truncate: bool = False
     device: str = "cpu"
     standin_load_seconds: float = 0.0
@@ -206,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--enable-metrics", action="store_true")
     add("--stream-response-default-include-usage", action="store_true")
     add("--enable-cache-report", action="store_true")
+    add("--enable-response-store", action="store_true")
     add("--allow-auto-truncate", action="store_true")
     add("--device", default="cpu")
     add("--standin-load-seconds", type=float, default=0.0, metavar="S")

@@ -12,12 +12,11 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-from ._report import EXIT_OK, UsageError
-
-if TYPE_CHECKING:
-    from ..server import ServerEvent
+from ._pool_file import load_pool_file
+from ._stop_signals import StopSignals
+from .errors import ConfigError
+from .server import ServerEvent
 
 __all__ = ["PoolEventPrinter", "serve_pool"]
 
@@ -51,10 +50,8 @@ class PoolEventPrinter:
 
 async def serve_pool(args: argparse.Namespace, extra: Sequence[str]) -> int:
     """Run the front until Ctrl-C / SIGTERM; the exit code."""
-    from .._pool_file import load_pool_file
-    from .._stop_signals import StopSignals
-    from ..errors import ConfigError
-    from ..front import PoolFront
+    from .cli import EXIT_OK, UsageError
+    from .front import PoolFront
 
     if extra:
         raise UsageError(f"--pool takes its SGLang flags from the pool file, not the command "

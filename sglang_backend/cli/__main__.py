@@ -1,7 +1,0 @@
-"""``python -m sglang_backend.cli``: the ``sglang-backend`` command."""
-
-import sys
-
-from . import main
-
-sys.exit(main())
