@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 import psutil
 import pytest
 
+import sglang_backend
+from sglang_backend import config as config_module
 from sglang_backend._http import httpx
 from sglang_backend.cli import build_parser, server_config_from_args
 from sglang_backend.testing import standin_command
@@ -71,6 +74,54 @@ def test_version_and_usage_errors_exit_2() -> None:
     assert bad_config.returncode == 2
     assert "dist_init_addr" in bad_config.stderr
     assert "Traceback" not in bad_config.stderr
+
+
+def test_help_and_usage_errors_do_not_import_the_sdk() -> None:
+    # A fresh interpreter: which modules `--help` (and a usage error) loaded.
+    probe = textwrap.dedent("""
+        import contextlib, io, json, sys
+        from sglang_backend.cli import main
+        codes = []
+        for argv in (["--help"], ["serve", "--help"], ["chat", "--help"], ["demo", "--help"],
+                     ["status", "--help"], ["chat", "--bogus-flag", "hi"]):
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                try:
+                    codes.append(main(argv))
+                except SystemExit as exit:
+                    codes.append(exit.code)
+        heavy = ("openai", "httpx", "sglang_backend.model", "sglang_backend.server", "sglang_backend._http")
+        print(json.dumps({"codes": codes, "loaded": [m for m in heavy if m in sys.modules]}))
+    """)
+    result = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                            text=True, timeout=60)
+    seen = json.loads(result.stdout)
+    assert seen["codes"] == [0, 0, 0, 0, 0, 2]
+    assert seen["loaded"] == []
+
+
+def test_python_dash_m_sglang_backend_is_the_command() -> None:
+    result = subprocess.run([sys.executable, "-m", "sglang_backend", "--version"], check=False,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"sglang-backend {sglang_backend.__version__}"
+
+
+def test_serve_takes_every_typed_option_of_server_config() -> None:
+    values = {"dist_init_addr": "10.0.0.1:5000", "mem_fraction_static": 0.5,
+              "served_model_name": "mine", "chat_template": "chatml", "tool_call_parser": "qwen",
+              "reasoning_parser": "qwen3"}
+    parser = build_parser()
+    for field, flags in config_module._TYPED_FLAGS.items():
+        value = values.get(field, 2)  # the rest are counts
+        for flag in flags:
+            args, extra = parser.parse_known_args(["serve", "--model-path", MODEL, flag,
+                                                   str(value)])
+            assert extra == [], flag  # a typed option, not passed through to SGLang
+            assert getattr(args, field) == value, flag
+    args, extra = parser.parse_known_args(["serve", "--model-path", MODEL, "--max-lora-rank",
+                                           "16", "--max-loras-per-batch", "4"])
+    config = server_config_from_args(args, extra)
+    assert (config.max_lora_rank, config.max_loras_per_batch) == (16, 4)
 
 
 def test_serve_maps_typed_flags_and_passes_the_rest_through() -> None:
@@ -265,6 +316,30 @@ def test_serve_stops_itself_when_idle() -> None:
         assert not psutil.pid_exists(server.pid) or (
             psutil.Process(server.pid).status() == psutil.STATUS_ZOMBIE
         )
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
+
+
+def test_serve_is_kept_alive_by_its_clients_then_stops_when_idle() -> None:
+    # Requests straight to the URL serve printed, none through serve's own model: the
+    # library's watchdog counts them (ServerConfig.keep_alive_on_traffic).
+    server = start_serve("--idle-timeout", "2", "--standin-token-delay", "0.001")
+    try:
+        headers = {"Authorization": f"Bearer {server.api_key}"}
+        body = {"model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+        deadline = time.monotonic() + 5
+        with httpx.Client(base_url=server.url, trust_env=False, timeout=10) as client:
+            while time.monotonic() < deadline:
+                response = client.post("/v1/chat/completions", headers=headers, json=body)
+                assert response.status_code == 200, response.text
+                assert server.proc.poll() is None
+                time.sleep(0.25)
+            metrics = client.get("/metrics")
+        assert metrics.status_code == 200  # serve launched it with --enable-metrics
+        assert server.proc.wait(timeout=30) == 0
+        assert "Stopped after 2 s without requests" in server.proc.stderr.read()  # type: ignore[union-attr]
     finally:
         if server.proc.poll() is None:
             server.proc.kill()

@@ -12,11 +12,12 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from ._pool_file import load_pool_file
-from ._stop_signals import StopSignals
-from .errors import ConfigError
-from .server import ServerEvent
+from ._report import EXIT_OK, UsageError
+
+if TYPE_CHECKING:
+    from ..server import ServerEvent
 
 __all__ = ["PoolEventPrinter", "serve_pool"]
 
@@ -50,8 +51,10 @@ class PoolEventPrinter:
 
 async def serve_pool(args: argparse.Namespace, extra: Sequence[str]) -> int:
     """Run the front until Ctrl-C / SIGTERM; the exit code."""
-    from .cli import EXIT_OK, UsageError
-    from .front import PoolFront
+    from .._pool_file import load_pool_file
+    from .._stop_signals import StopSignals
+    from ..errors import ConfigError
+    from ..front import PoolFront
 
     if extra:
         raise UsageError(f"--pool takes its SGLang flags from the pool file, not the command "
