@@ -72,6 +72,13 @@ _LORA_FLAGS: dict[str, tuple[str, ...]] = {
 }
 _ADAPTER_NAME_CHARS = frozenset("=:/ ")
 _METRICS_FLAG = "--enable-metrics"
+# SGLang's switches the warm sleep needs: without the memory saver, /release_memory_occupation
+# frees nothing; without the host copy, resumed weights are garbage (SGLang expects an RL
+# trainer to push new ones). None in the config: on exactly when the warm sleep can happen.
+_WARM_SLEEP_SWITCHES: dict[str, str] = {
+    "enable_memory_saver": "--enable-memory-saver",
+    "enable_weights_cpu_backup": "--enable-weights-cpu-backup",
+}
 
 
 def _config_error(exc: ValidationError, what: str, allowed: list[str] | None = None) -> ConfigError:
@@ -141,6 +148,17 @@ class ServerConfig(BaseModel):
         " (/release_memory_occupation) but the process kept (state SLEEPING); the next request"
         " resumes it first. Must be below inactivity_timeout, which still stops it later."
         " None: no sleep.",
+    )
+    enable_memory_saver: bool | None = Field(
+        default=None,
+        description="SGLang's --enable-memory-saver, which lets /release_memory_occupation free"
+        " GPU memory. None: on when sleep_timeout is set.",
+    )
+    enable_weights_cpu_backup: bool | None = Field(
+        default=None,
+        description="SGLang's --enable-weights-cpu-backup: a host copy of the weights, so a"
+        " server woken from the warm sleep serves the same weights (without it SGLang expects"
+        " new weights to be pushed after the resume). None: on when sleep_timeout is set.",
     )
     keep_alive_on_traffic: bool = Field(
         default=False,
@@ -382,12 +400,27 @@ class ServerConfig(BaseModel):
             if value is not None:
                 args += _flag(flags[0], str(value))
         args += self.lora_args()
-        if self.keep_alive_on_traffic and not any(
-            _spells(_flag_name(arg), _METRICS_FLAG) for arg in self.extra_args
-        ):
-            args.append(_METRICS_FLAG)  # the watchdog reads /metrics (keep_alive_on_traffic)
+        args += self.switch_args()
         args += list(self.extra_args)
         return args
+
+    def switch_args(self) -> list[str]:
+        """The store-true switches the library's own features need, each once (not again
+        when ``extra_args`` has it): ``--enable-metrics`` for ``keep_alive_on_traffic`` (the
+        watchdog reads /metrics), the warm sleep's memory saver and weights backup."""
+        wanted = [_METRICS_FLAG] if self.keep_alive_on_traffic else []
+        for field, flag in _WARM_SLEEP_SWITCHES.items():
+            value = getattr(self, field)
+            if value or (value is None and self.sleep_timeout is not None):
+                wanted.append(flag)
+        given = [_flag_name(arg) for arg in self.extra_args]
+        return [flag for flag in wanted if not any(_spells(name, flag) for name in given)]
+
+    def for_warm_sleep(self) -> ServerConfig:
+        """This config with the warm sleep's switches on where they are unset (a pool member
+        that makes room by sleeping, without a ``sleep_timeout`` of its own)."""
+        unset = {field: True for field in _WARM_SLEEP_SWITCHES if getattr(self, field) is None}
+        return self.model_copy(update=unset) if unset else self
 
     @property
     def lora_enabled(self) -> bool:

@@ -228,6 +228,8 @@ class ModelPool:
         if evict not in ("stop", "sleep"):
             raise ConfigError(f"evict must be 'stop' or 'sleep', got {evict!r}")
         server = server or ServerConfig()
+        if evict == "sleep":  # SGLang frees (and restores) memory only with these switches
+            server = server.for_warm_sleep()
         aliases = tuple(aliases)
         for key in (name, *aliases):
             if not key or not isinstance(key, str):

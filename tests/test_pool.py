@@ -295,10 +295,14 @@ async def test_evict_by_sleep_keeps_the_process_and_wakes_it(standin: Standin,
         assert pool.describe()[0]["evict"] == "sleep"
         await a.run(MESSAGES)
         pid_a = a.model.pid
+        info = await a.model.server_info()  # SGLang frees and restores memory only with these
+        assert info["enable_memory_saver"] is True
+        assert info["enable_weights_cpu_backup"] is True
         await b.run(MESSAGES)  # a makes room by sleeping: its process is kept
         evicted = next(e for e in events if e.kind == "evicted")
         assert (evicted.detail["model"], evicted.detail["how"]) == ("a", "sleep")
-        assert a.state is ServerState.SLEEPING and a.model.pid == pid_a
+        assert a.state is ServerState.SLEEPING
+        assert a.model.pid == pid_a
         assert pool.loaded() == ["b"]
         assert [e["event"] for e in read_events(events_file)].count("release_memory") == 1
 
@@ -306,7 +310,8 @@ async def test_evict_by_sleep_keeps_the_process_and_wakes_it(standin: Standin,
         assert reply.model == "a"
         assert pool.loaded() == ["a"]
         assert b.model.pid is None
-        assert a.model.pid == pid_a and a.model.server is not None
+        assert a.model.pid == pid_a
+        assert a.model.server is not None
         assert a.model.server.launches == 1
         assert [e.detail["how"] for e in events if e.kind == "evicted"] == ["sleep", "stop"]
         woke = [e.detail["woke"] for e in events if e.kind == "loaded" and e.detail["model"] == "a"]
@@ -327,21 +332,25 @@ def test_sync_pool_openai_client_is_admitted_by_the_pool(standin: Standin) -> No
         b = pool.add("b", MODEL, server=standin(served_model_name="b"))
         client = a.openai_client()
         reply = client.chat.completions.create(model=a.request_model, messages=MESSAGES)
-        assert reply.model == "a" and pool.loaded() == ["a"]  # the request loaded a
+        assert reply.model == "a"
+        assert pool.loaded() == ["a"]
         stream = client.chat.completions.create(model="a", messages=MESSAGES, stream=True)
         # While a's SDK stream is open, a cannot be evicted: b's request waits for it.
         with concurrent.futures.ThreadPoolExecutor(1) as executor:
             waiting = executor.submit(
                 lambda: b.openai_client().chat.completions.create(model="b", messages=MESSAGES))
             time.sleep(0.4)
-            assert not waiting.done() and a.state is ServerState.READY
+            assert not waiting.done()
+            assert a.state is ServerState.READY
             text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
             assert text
             stream.close()
             assert waiting.result(timeout=30).model == "b"
-        assert pool.loaded() == ["b"] and a.state is ServerState.SLEEPING
+        assert pool.loaded() == ["b"]
+        assert a.state is ServerState.SLEEPING
         assert a.openai_client().completions.create(model="a", prompt="Hi", max_tokens=3).choices
         assert pool.loaded() == ["a"]
-        assert a.sleep() is True and a.state is ServerState.SLEEPING
+        assert a.sleep() is True
+        assert a.state is ServerState.SLEEPING
         client.close()
     assert pool.loaded() == []

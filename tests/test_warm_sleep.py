@@ -31,6 +31,25 @@ def test_sleep_timeout_must_come_before_the_stop() -> None:
         ServerConfig(sleep_timeout=10, inactivity_timeout=10)
 
 
+def test_warm_sleep_switches_are_added_once_and_can_be_refused() -> None:
+    def args(**options: object) -> list[str]:
+        return ServerConfig(**options).server_args(MODEL, port=1, api_key=None)  # type: ignore[arg-type]
+
+    assert "--enable-memory-saver" not in args()
+    both = args(sleep_timeout=5)
+    assert both.count("--enable-memory-saver") == 1
+    assert both.count("--enable-weights-cpu-backup") == 1
+    given = args(sleep_timeout=5, extra_args=["--enable-memory-saver"])
+    assert given.count("--enable-memory-saver") == 1
+    refused = args(sleep_timeout=5, enable_weights_cpu_backup=False)
+    assert "--enable-weights-cpu-backup" not in refused
+    assert "--enable-memory-saver" in refused
+    pooled = ServerConfig().for_warm_sleep()
+    assert (pooled.enable_memory_saver, pooled.enable_weights_cpu_backup) == (True, True)
+    kept = ServerConfig(enable_weights_cpu_backup=False).for_warm_sleep()
+    assert kept.enable_weights_cpu_backup is False
+
+
 async def test_sleep_then_resume_before_the_request_then_the_full_stop(
     standin: Standin, events_file: Path
 ) -> None:
@@ -40,6 +59,9 @@ async def test_sleep_then_resume_before_the_request_then_the_full_stop(
         pid = model.pid
         await _until(lambda: model.state is ServerState.SLEEPING)
         await _until(lambda: any(e.kind == "sleeping" for e in events))
+        # Launched with the switches SGLang needs to free memory and restore the weights.
+        assert "--enable-memory-saver" in config.server_args(MODEL, port=1, api_key=None)
+        assert "--enable-weights-cpu-backup" in config.server_args(MODEL, port=1, api_key=None)
         assert model.pid == pid  # the process is kept
         assert [e["event"] for e in read_events(events_file)].count("release_memory") == 1
 
@@ -81,10 +103,12 @@ async def test_sleep_now_releases_memory_and_the_next_request_wakes_it(
         await stream.aclose()
         assert await model.sleep() is True
         assert await model.sleep() is True  # already asleep: nothing more to release
-        assert model.state is ServerState.SLEEPING and model.pid == pid
+        assert model.state is ServerState.SLEEPING
+        assert model.pid == pid
         assert [e["event"] for e in read_events(events_file)].count("release_memory") == 1
         assert (await model.run(HELLO)).choices
-        assert model.state is ServerState.READY and model.pid == pid
+        assert model.state is ServerState.READY
+        assert model.pid == pid
         assert [e.kind for e in events].count("awake") == 1
 
 

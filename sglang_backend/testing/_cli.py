@@ -119,6 +119,9 @@ class StandinArgs:
     log_level_http: str | None = None
     random_seed: int | None = None
     enable_metrics: bool = False
+    # Accepted as SGLang accepts them; the stand-in holds no GPU memory to save or back up.
+    enable_memory_saver: bool = False
+    enable_weights_cpu_backup: bool = False
     stream_response_default_include_usage: bool = False
     enable_cache_report: bool = False
     enable_response_store: bool = False
@@ -205,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--log-level-http", default=None, type=str.lower)
     add("--random-seed", type=int, default=None)
     add("--enable-metrics", action="store_true")
+    add("--enable-memory-saver", action="store_true")
+    add("--enable-weights-cpu-backup", action="store_true")
     add("--stream-response-default-include-usage", action="store_true")
     add("--enable-cache-report", action="store_true")
     add("--enable-response-store", action="store_true")
