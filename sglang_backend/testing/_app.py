@@ -17,7 +17,15 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from sglang_backend.testing import _admin, _embeddings, _generate, _lora, _responses_api, _scoring
+from sglang_backend.testing import (
+    _admin,
+    _embeddings,
+    _generate,
+    _lora,
+    _messages_api,
+    _responses_api,
+    _scoring,
+)
 from sglang_backend.testing import _tokenizer as tok
 from sglang_backend.testing._auth import AuthMiddleware
 from sglang_backend.testing._checks import check_context, check_sampling
@@ -754,6 +762,7 @@ def build_app(state: ServerState) -> FastAPI:
 
     _generate.register(app, state)
     _responses_api.register(app, state)
+    _messages_api.register(app, state)
     _embeddings.register(app, state)
     _scoring.register(app, state)
     _admin.register(app, state)
