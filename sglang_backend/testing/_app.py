@@ -45,7 +45,6 @@ from sglang_backend.testing._engine import (
     sampling_for,
     split_reasoning,
     think_text,
-    tool_calls_text,
 )
 from sglang_backend.testing._protocol import (
     ChatCompletionRequest,
@@ -62,6 +61,7 @@ from sglang_backend.testing._replies import sse as _sse
 from sglang_backend.testing._sampling import SamplingParams, chat_logprobs, choice_rng, completion_logprobs
 from sglang_backend.testing._schema import SchemaError, tool_schema_problem
 from sglang_backend.testing._state import WARMUP_HEADER, ServerState
+from sglang_backend.testing._tool_formats import Rendered, call_id, render
 
 __all__ = ["WARMUP_HEADER", "ServerState", "build_app", "dumps"]
 
@@ -125,6 +125,11 @@ class ChatPlan:
     top_logprobs: int = 0
     logprobs: bool = False
     think: str = ""  # the thinking section that starts raw (unconstrained)
+    rendered: Rendered | None = None  # the calls in the parser's wire format (raw holds it)
+
+    def body_offset(self, separate_reasoning: bool) -> int:
+        """Where the answer (the tool calls) starts in the content the parser sees."""
+        return len(self.think) if self.thinking and not separate_reasoning else 0
 
     @property
     def sampled(self) -> bool:
@@ -344,8 +349,13 @@ def build_app(state: ServerState) -> FastAPI:
         thinking = bool(args.reasoning_parser) and req.reasoning_effort != "none"
         if kwargs.get("enable_thinking") is False or kwargs.get("thinking") is False:
             thinking = False
+        rendered: Rendered | None = None
         if calls:
-            body = tool_calls_text(calls)
+            history = sum(len(m.tool_calls or []) for m in req.messages if m.role == "assistant")
+            for position, call in enumerate(calls):
+                call.call_id = call_id(args.tool_call_parser, call.name, position, history, call.call_id)
+            rendered = render(args.tool_call_parser, calls, history)
+            body = rendered.text
         elif req.response_format is not None and req.response_format.type == "json_schema":
             schema = req.response_format.json_schema.schema_ if req.response_format.json_schema else None
             try:
@@ -372,6 +382,7 @@ def build_app(state: ServerState) -> FastAPI:
             top_logprobs=req.top_logprobs or 0,
             logprobs=req.logprobs,
             think=think,
+            rendered=rendered,
         )
 
     def decode_chat(req: ChatCompletionRequest, plan: ChatPlan, index: int = 0) -> Generation:
@@ -455,17 +466,21 @@ def build_app(state: ServerState) -> FastAPI:
         finish: str = gen.finish_reason
         matched: int | str | None = gen.matched_stop
         if plan.parse_calls and plan.calls and gen.finish_reason == "stop" and gen.matched_stop == tok.EOS_ID:
-            message["content"] = content.split("<tool_call>", 1)[0].strip()
-            message["tool_calls"] = [
-                {
-                    "id": call.call_id,
-                    "index": position,
-                    "type": "function",
-                    "function": {"name": call.name, "arguments": call.arguments},
-                }
-                for position, call in enumerate(plan.calls)
-            ]
-            finish, matched = "tool_calls", None
+            message["content"] = content[: plan.body_offset(req.separate_reasoning)].strip()
+            wire = plan.rendered.arguments if plan.rendered else [c.arguments for c in plan.calls]
+            skipped = plan.rendered.dropped if plan.rendered else frozenset()
+            kept = [(c, a) for i, (c, a) in enumerate(zip(plan.calls, wire, strict=True)) if i not in skipped]
+            if kept:  # else serving_chat's "no complete call parsed": no tool_calls, finish unchanged
+                message["tool_calls"] = [
+                    {
+                        "id": call.call_id,
+                        "index": position,
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": arguments},
+                    }
+                    for position, (call, arguments) in enumerate(kept)
+                ]
+                finish, matched = "tool_calls", None
         return {
             "index": index,
             "message": message,
@@ -518,7 +533,10 @@ def build_app(state: ServerState) -> FastAPI:
                     separate_reasoning=req.separate_reasoning,
                     reasoning=plan.thinking,
                     calls=plan.calls if plan.parse_calls else (),
+                    rendered=plan.rendered,
+                    body_offset=plan.body_offset(req.separate_reasoning),
                 )
+                together = plan.rendered is not None and plan.rendered.with_name
                 raw = ""
                 sent = 0
                 aborted = False
@@ -547,10 +565,10 @@ def build_app(state: ServerState) -> FastAPI:
                                 "id": plan.calls[position].call_id,
                                 "index": position,
                                 "type": "function",
-                                "function": {"name": started, "arguments": ""},
+                                "function": {"name": started, "arguments": a_delta if together else ""},
                             }
                             out.append(chunk({"reasoning_content": None, "tool_calls": [call_delta]}))
-                        if a_delta:
+                        if a_delta and not (together and started is not None):
                             frag = {
                                 "id": None,
                                 "index": position,

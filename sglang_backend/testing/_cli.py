@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from sglang_backend.testing._config import ConfigError, config_flag_names, merge_config
+from sglang_backend.testing._tool_formats import PARSER_NAMES
 
 __all__ = ["StandinArgs", "build_parser", "parse_args", "parse_token_count"]
 
@@ -187,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--lora-target-modules", nargs="*", default=None)
     add("--served-model-name", default=None)
     add("--context-length", type=parse_token_count, default=32768)
-    add("--tool-call-parser", default=None)
+    add("--tool-call-parser", default=None, choices=["auto", *PARSER_NAMES])  # SGLang's argparse choices
     add("--reasoning-parser", default=None)
     add("--tp-size", "--tensor-parallel-size", "--tp", dest="tp_size", type=int, default=1)
     add("--dp-size", "--data-parallel-size", "--dp", dest="dp_size", type=int, default=1)

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from sglang_backend.testing import _tokenizer as tok
 from sglang_backend.testing._sampling import SamplingParams, TokenLogprob, choice_rng
 from sglang_backend.testing._schema import SchemaError, example_for_schema
+from sglang_backend.testing._tool_formats import Rendered, canonical_arguments, render
 
 __all__ = [
     "ConstraintError",
@@ -152,13 +153,15 @@ def tool_call_text(call: PlannedCall) -> str:
 
 
 def tool_calls_text(calls: Sequence[PlannedCall]) -> str:
-    """Several calls in one message, one ``<tool_call>`` block a line (Qwen/Hermes format)."""
-    return "\n".join(tool_call_text(call) for call in calls)
+    """Several calls in one message, one ``<tool_call>`` block a line (Qwen form; the
+    parser's own format: :func:`_tool_formats.render`)."""
+    return render(None, calls).text
 
 
 def plan_call(name: str, parameters: Mapping[str, Any] | None) -> PlannedCall:
     """Plan a call of tool *name* with arguments valid for its *parameters* schema.
 
+    The arguments are canonical JSON (what SGLang's parsers re-serialize to).
     The example value is what the model aims at; when it does not validate (or cannot be
     built) the grammar engine decodes the arguments under the schema instead, so they are
     valid by construction.  Raises SchemaError if neither can produce arguments.
@@ -173,7 +176,7 @@ def plan_call(name: str, parameters: Mapping[str, Any] | None) -> PlannedCall:
         value = example_for_schema(schema)
         target = json.dumps(value)
         if jsonschema.Draft202012Validator(schema).is_valid(value):
-            return PlannedCall(name=name, arguments=target)
+            return PlannedCall(name=name, arguments=canonical_arguments(target))
     except SchemaError:
         pass
     try:
@@ -183,7 +186,7 @@ def plan_call(name: str, parameters: Mapping[str, Any] | None) -> PlannedCall:
         raise SchemaError(str(exc)) from exc
     if not decoded.finished:
         raise SchemaError("no arguments fit the schema within 2048 tokens")
-    return PlannedCall(name=name, arguments=decoded.text)
+    return PlannedCall(name=name, arguments=canonical_arguments(decoded.text))
 
 
 @dataclass
@@ -358,23 +361,27 @@ def split_reasoning(text: str, *, final: bool) -> tuple[str, str]:
 class StreamSplitter:
     """Turns growing raw model text into reasoning/content/tool-call deltas.
 
-    *calls* are the tool calls the raw text holds (in order, as :func:`tool_call_text`
-    renders them, one per line); each is reported once when its name is complete and
-    then as argument fragments, the way SGLang's streaming tool parsers do.
+    *calls* are the tool calls the raw text holds and *rendered* their text in the
+    parser's wire format (Qwen form when None), starting *body_offset* characters into
+    the content; each call is reported once, when SGLang's streaming parser lets it out
+    (its name, then argument fragments or the whole arguments, per the format).
     """
 
     separate_reasoning: bool
     reasoning: bool
     calls: Sequence[PlannedCall] = ()
+    rendered: Rendered | None = None
+    body_offset: int = 0
     sent_reasoning: str = ""
     sent_content: str = ""
     sent_args: list[str] = field(default_factory=list)
-    started: int = 0  # calls whose name has been sent
+    started: int = 0  # calls whose name has been sent (or that the parser skips)
+    announced: bool = False  # whether any call has been reported
 
     @property
     def call_started(self) -> bool:
         """Whether any tool call has begun."""
-        return self.started > 0
+        return self.announced
 
     def feed(self, raw: str, *, final: bool) -> tuple[str, str, list[tuple[int, str | None, str]]]:
         """Return ``(reasoning_delta, content_delta, [(call_index, name_if_new, args_delta)])``."""
@@ -390,23 +397,29 @@ class StreamSplitter:
             c_delta = content[len(self.sent_content) :]
             self.sent_content = content
             return r_delta, c_delta, []
+        if self.rendered is None:
+            self.rendered = render(None, self.calls)
         while len(self.sent_args) < len(self.calls):
             self.sent_args.append("")
         out: list[tuple[int, str | None, str]] = []
-        offset = 0
-        for index, call in enumerate(self.calls):
-            prefix = f'<tool_call>\n{{"name": {json.dumps(call.name)}, "arguments": '
-            start = offset + len(prefix)
-            if len(content) < start:
+        offset = self.body_offset
+        for index, (call, span) in enumerate(zip(self.calls, self.rendered.spans, strict=True)):
+            if len(content) < offset + span.announce:
                 break
+            if index in self.rendered.dropped:
+                self.started = max(self.started, index + 1)
+                continue
+            self.announced = True
             name: str | None = None
             if index >= self.started:
                 self.started = index + 1
                 name = call.name
-            args = content[start : start + len(call.arguments)]
+            if span.whole:
+                args = self.rendered.arguments[index]
+            else:
+                args = content[offset + span.args_start : offset + span.args_end]
             delta = args[len(self.sent_args[index]) :]
             self.sent_args[index] = args
             if name is not None or delta:
                 out.append((index, name, delta))
-            offset += len(tool_call_text(call)) + 1
         return r_delta, "", out

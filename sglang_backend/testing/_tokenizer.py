@@ -39,7 +39,9 @@ SPECIAL_TOKENS: dict[str, int] = {
 }
 EOS_ID = SPECIAL_TOKENS[EOS_TEXT]
 _SPECIAL_BY_ID = {value: key for key, value in SPECIAL_TOKENS.items()}
-_PIECE = re.compile(r"<\|[A-Za-z_]+\|>|\s*\w+|\s*(?!<\|[A-Za-z_]+\|>)[^\w\s]|\s+")
+# special tokens are one piece each: ``<|name|>`` and DeepSeek's fullwidth-bar (U+FF5C) form
+_SPECIAL = r"<\|[A-Za-z_]+\|>|<\uff5c[^\uff5c\s]+\uff5c>"
+_PIECE = re.compile(rf"{_SPECIAL}|\s*\w+|\s*(?!{_SPECIAL})[^\w\s]|\s+")
 _known: dict[int, str] = {}
 
 
