@@ -66,8 +66,7 @@ def direct_headers(backend: Backend, url: str, *, admin: bool) -> dict[str, str]
     """The ``Authorization`` header for a request sent straight to ``url`` (one of
     :func:`direct_urls`): the admin key on admin routes when one is set, else that worker's
     own key (a remote worker of a group may have its own), else the server's."""
-    key = (backend.admin_key if admin else None) or backend.worker_api_key(url)
-    return {"Authorization": f"Bearer {key}"} if key else {}
+    return _http.bearer_headers((backend.admin_key if admin else None) or backend.worker_api_key(url))
 
 
 class Lease:
@@ -98,7 +97,7 @@ class Lease:
     @property
     def headers(self) -> dict[str, str]:
         """The ``Authorization`` header this server needs (empty without a key)."""
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return _http.bearer_headers(self.api_key)
 
     @property
     def admin_headers(self) -> dict[str, str]:
@@ -108,9 +107,7 @@ class Lease:
         cache, pause) with ``--admin-api-key`` when it is set, and refuses the ordinary key
         there.
         """
-        if self._admin_key:
-            return {"Authorization": f"Bearer {self._admin_key}"}
-        return self.headers
+        return _http.bearer_headers(self._admin_key or self.api_key)
 
     def direct(self) -> tuple[str, dict[str, str]]:
         """One server that runs what routers do not route (``/tokenize`` and the like), and
