@@ -76,6 +76,13 @@ SGLANG_REAL_DEPS = [
     "pillow", "starlette", "msgspec", "pydantic", "pyzmq", "tqdm", "ipython", "aiohttp",
     "huggingface_hub", "openai==2.8.0",
 ]
+# What SGLang's function_call parsers import (the tool-format judge). Without their own
+# dependencies: xgrammar's would pull a CUDA torch of several GB over the CPU one above.
+SGLANG_PARSER_DEPS = [
+    "partial_json_parser==0.2.1.1.post7", "regex==2026.11.19", "xgrammar==0.2.9",
+    "apache-tvm-ffi==0.1.15.post2", "transformers==5.25.0", "tokenizers==0.23.3",
+    "safetensors==0.8.0",
+]
 
 
 @nox.session(name="sglang-real", python=PYTHON)
@@ -83,6 +90,7 @@ def sglang_real(session: nox.Session) -> None:
     """Command lines and protocol judged by real SGLang code (sglang 0.5.23 on CPU)."""
     session.install("--no-deps", "sglang==0.5.23")
     session.install(*SGLANG_REAL_DEPS)
+    session.install("--no-deps", *SGLANG_PARSER_DEPS)
     session.install("-e", ".[testing]", "pytest", "pytest-asyncio", "pytest-timeout")
     session.run("pytest", "tests/sglang_real", "-p", "no:cacheprovider", *session.posargs)
 

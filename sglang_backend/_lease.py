@@ -66,7 +66,8 @@ def direct_headers(backend: Backend, url: str, *, admin: bool) -> dict[str, str]
     """The ``Authorization`` header for a request sent straight to ``url`` (one of
     :func:`direct_urls`): the admin key on admin routes when one is set, else that worker's
     own key (a remote worker of a group may have its own), else the server's."""
-    return _http.bearer_headers((backend.admin_key if admin else None) or backend.worker_api_key(url))
+    key = (backend.admin_key if admin else None) or backend.worker_api_key(url)
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 class Lease:
@@ -97,7 +98,7 @@ class Lease:
     @property
     def headers(self) -> dict[str, str]:
         """The ``Authorization`` header this server needs (empty without a key)."""
-        return _http.bearer_headers(self.api_key)
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     @property
     def admin_headers(self) -> dict[str, str]:
@@ -107,7 +108,9 @@ class Lease:
         cache, pause) with ``--admin-api-key`` when it is set, and refuses the ordinary key
         there.
         """
-        return _http.bearer_headers(self._admin_key or self.api_key)
+        if self._admin_key:
+            return {"Authorization": f"Bearer {self._admin_key}"}
+        return self.headers
 
     def direct(self) -> tuple[str, dict[str, str]]:
         """One server that runs what routers do not route (``/tokenize`` and the like), and

@@ -59,8 +59,10 @@ def _retarget(request: Any, lease: Lease) -> None:
     root = httpx.URL(lease.base_url)
     request.url = request.url.copy_with(scheme=root.scheme, host=root.host, port=root.port)
     request.headers["Host"] = root.netloc.decode("ascii")
-    request.headers.pop("Authorization", None)
-    request.headers.update(_http.bearer_headers(lease.api_key))
+    if lease.api_key:
+        request.headers["Authorization"] = f"Bearer {lease.api_key}"
+    else:
+        request.headers.pop("Authorization", None)
 
 
 class ReleasingAsyncStream(httpx.AsyncByteStream):

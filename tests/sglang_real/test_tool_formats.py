@@ -15,10 +15,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-
-pytest.importorskip("partial_json_parser", reason="SGLang's tool parsers need partial_json_parser")
-pytest.importorskip("xgrammar", reason="SGLang's function_call package imports xgrammar")
-
 from sglang.srt.entrypoints.openai.protocol import Tool
 from sglang.srt.function_call.function_call_parser import FunctionCallParser
 from sglang.srt.function_call.parser_names import TOOL_CALL_PARSER_NAMES
