@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _http
 from ._translate import check_response, classify
-from .errors import ModelClosedError, RequestTimeoutError, ServerUnavailableError, SGLangError
+from .errors import ModelClosedError, RequestTimeoutError, ServerUnavailableError
 
 if TYPE_CHECKING:
     from .server import Backend
@@ -66,8 +66,7 @@ def direct_headers(backend: Backend, url: str, *, admin: bool) -> dict[str, str]
     """The ``Authorization`` header for a request sent straight to ``url`` (one of
     :func:`direct_urls`): the admin key on admin routes when one is set, else that worker's
     own key (a remote worker of a group may have its own), else the server's."""
-    key = (backend.admin_key if admin else None) or backend.worker_api_key(url)
-    return {"Authorization": f"Bearer {key}"} if key else {}
+    return _http.bearer_headers((backend.admin_key if admin else None) or backend.worker_api_key(url))
 
 
 class Lease:
@@ -98,7 +97,7 @@ class Lease:
     @property
     def headers(self) -> dict[str, str]:
         """The ``Authorization`` header this server needs (empty without a key)."""
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return _http.bearer_headers(self.api_key)
 
     @property
     def admin_headers(self) -> dict[str, str]:
@@ -108,9 +107,7 @@ class Lease:
         cache, pause) with ``--admin-api-key`` when it is set, and refuses the ordinary key
         there.
         """
-        if self._admin_key:
-            return {"Authorization": f"Bearer {self._admin_key}"}
-        return self.headers
+        return _http.bearer_headers(self._admin_key or self.api_key)
 
     def direct(self) -> tuple[str, dict[str, str]]:
         """One server that runs what routers do not route (``/tokenize`` and the like), and
@@ -256,9 +253,9 @@ class RequestPath:
     ) -> BaseException | None:
         """The error to raise for ``exc`` raised under ``lease`` (None: retry the request).
 
-        Transport failures are reported to the backend, which raises
-        :class:`~sglang_backend.errors.ServerCrashedError` when the server died with the
-        request, or says whether the request may be sent again.
+        Transport failures are reported to the backend, whose verdict names the typed error
+        (:class:`~sglang_backend.errors.ServerCrashedError` when the server died with the
+        request) or says whether the request may be sent again.
         """
         if isinstance(exc, asyncio.CancelledError):
             closed = self._closed_error(asyncio.current_task(), exc)
@@ -268,19 +265,17 @@ class RequestPath:
         if failure.transport:
             if self._closed():
                 return ModelClosedError("the model was closed during the request")
-            try:
-                again = await backend.recover(lease._token, exc, sent=failure.sent)
-            except SGLangError as typed:  # the backend's verdict: crashed, closed
-                return typed
-            if (again or failure.retry_if_alive) and retry:
+            verdict = await backend.recover(lease._token, exc, sent=failure.sent)
+            if verdict.error is not None:  # the backend's verdict: crashed, closed
+                return verdict.error
+            if (verdict.resend or failure.retry_if_alive) and retry:
                 return None  # not reached, or a kept-alive connection lost to a live server
             return ServerUnavailableError(
                 f"could not reach the server at {lease.base_url}: "
                 f"{type(exc.__cause__ or exc).__name__}"
             )
         if failure.retry_after_recovery and retry:
-            await backend.recover(lease._token, exc, sent=False)
-            return None
+            return (await backend.recover(lease._token, exc, sent=False)).error  # None: retry
         if isinstance(failure.error, RequestTimeoutError):
             # Slow, or hung? A server that cannot even answer /health is declared hung.
             hung = await backend.check_hung(lease._token)

@@ -20,19 +20,21 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import signal
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psutil
 
 from . import _http
 from ._diagnose import start_error
+from ._health import answers_health, poll_until
+from ._log_lines import PHASES, READY_LINE
 from ._reaper import reaper
+from ._supervised import LOG_TAIL_LINES, SupervisedTree
 from .errors import LaunchCommandNotFoundError, ServerStartTimeout
 
 __all__ = ["Phase", "ServerProcess", "add_loopback_no_proxy", "collect_tree", "kill_tree"]
@@ -40,21 +42,10 @@ __all__ = ["Phase", "ServerProcess", "add_loopback_no_proxy", "collect_tree", "k
 logger = logging.getLogger("sglang_backend.server")
 T = TypeVar("T")
 
-READY_LINE = "The server is fired up and ready to roll!"
 LAUNCHER_ENV = "SGLANG_BACKEND_LAUNCHER_PID"
-LOG_TAIL_LINES = 20
 _RING_SIZE = 200
 _STREAM_LIMIT = 1 << 20  # SGLang's server_args line can be several KiB
-
-# Startup phases read from SGLang's log (wording varies by version; a miss only loses detail).
-_PHASES: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"server_args=|ServerArgs\("), "parsing_args"),
-    (re.compile(r"Load weight begin|Loading weights|Load weight"), "loading_weights"),
-    (re.compile(r"KV Cache is allocated|Memory pool end|max_total_num_tokens="), "allocating_kv_cache"),
-    (re.compile(r"Capture cuda graph begin|Capture cuda graph|Capturing batches"), "capturing_cuda_graphs"),
-    (re.compile(r"Uvicorn running on|Application startup complete"), "warming_up"),
-    (re.compile(re.escape(READY_LINE)), "ready"),
-)
+_SPAWNED = object()  # the constructor's key: only ServerProcess.spawn holds it
 
 
 @dataclass(frozen=True)
@@ -99,39 +90,64 @@ def _running(proc: psutil.Process) -> bool:
         return False
 
 
-@dataclass
-class ServerProcess:
-    """A launched process tree. Create with :meth:`spawn`."""
+class ServerProcess(SupervisedTree):
+    """A launched process tree. Built only by :meth:`spawn`; read-only from outside."""
 
-    # The raw command and the secret never reach a repr (reprs end up in logs and reports).
-    command: list[str] = field(repr=False)
-    masked_command: list[str]
-    proc: asyncio.subprocess.Process
-    secret: str | None = field(repr=False)
-    on_phase: Callable[[Phase], None] | None = field(default=None, repr=False)
-    ring: deque[str] = field(default_factory=lambda: deque(maxlen=_RING_SIZE))
-    ready_seen: asyncio.Event = field(default_factory=asyncio.Event)
-    started_at: float = field(default_factory=time.monotonic)
-    _readers: list[asyncio.Task[None]] = field(default_factory=list)
-    _phase_index: int = 0
-    _exit: asyncio.Task[int] | None = None
+    def __init__(
+        self,
+        key: object,
+        proc: asyncio.subprocess.Process,
+        command: list[str],
+        masked_command: list[str],
+        secret: str | None,
+        on_phase: Callable[[Phase], None] | None,
+    ) -> None:
+        if key is not _SPAWNED:
+            raise TypeError("a ServerProcess is built by `await ServerProcess.spawn(command)`")
+        self._proc = proc
+        self._command = command
+        self._masked_command = masked_command
+        self._secret = secret
+        self._on_phase = on_phase
+        self._ring: deque[str] = deque(maxlen=_RING_SIZE)
+        self._ready_seen = asyncio.Event()
+        self._started_at = time.monotonic()
+        self._phase_index = 0
+        self._exit: asyncio.Task[int] = asyncio.ensure_future(proc.wait())
+        self._readers = [
+            asyncio.ensure_future(self._drain(proc.stdout, logging.DEBUG)),
+            asyncio.ensure_future(self._drain(proc.stderr, logging.INFO)),
+        ]
+
+    def __repr__(self) -> str:
+        # Neither the raw command nor the secret: reprs end up in logs and reports.
+        return (f"ServerProcess(pid={self.pid}, returncode={self.returncode}, "
+                f"masked_command={self._masked_command!r})")
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        return self._proc.pid
 
     @property
     def returncode(self) -> int | None:
-        return self.proc.returncode
+        return self._proc.returncode
 
     @property
     def exited(self) -> asyncio.Task[int]:
         """A task that completes with the return code when the process exits."""
-        assert self._exit is not None
         return self._exit
 
+    @property
+    def command(self) -> list[str]:
+        """The argv as launched (it may hold the key: never log it; see ``masked_command``)."""
+        return list(self._command)
+
+    @property
+    def masked_command(self) -> list[str]:
+        return list(self._masked_command)
+
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> list[str]:
-        return list(self.ring)[-lines:]
+        return list(self._ring)[-lines:]
 
     @classmethod
     async def spawn(
@@ -171,20 +187,14 @@ class ServerProcess:
                 command=masked,
             ) from None
         reaper.watch(proc.pid)
-        self = cls(command=command, masked_command=masked, proc=proc, secret=secret,
-                   on_phase=on_phase)
-        self._exit = asyncio.ensure_future(proc.wait())
-        self._readers = [
-            asyncio.ensure_future(self._drain(proc.stdout, logging.DEBUG)),
-            asyncio.ensure_future(self._drain(proc.stderr, logging.INFO)),
-        ]
+        process = cls(_SPAWNED, proc, command, masked, secret, on_phase)
         logger.info("launched %s pid %d: %s", name, proc.pid, " ".join(masked))
-        return self
+        return process
 
     async def _drain(self, stream: asyncio.StreamReader | None, level: int) -> None:
         if stream is None:
             return
-        pid = self.proc.pid
+        pid = self._proc.pid
         while True:
             try:
                 raw = await stream.readline()
@@ -192,27 +202,25 @@ class ServerProcess:
                 raw = await stream.read(_STREAM_LIMIT)
             if not raw:
                 return
-            line = mask(raw.decode("utf-8", "replace").rstrip(), self.secret)
-            self.ring.append(line)
+            line = mask(raw.decode("utf-8", "replace").rstrip(), self._secret)
+            self._ring.append(line)
             logger.log(level, "[pid %d] %s", pid, line)
             if READY_LINE in line:
-                self.ready_seen.set()
-            if self.on_phase is not None:
-                self._detect_phase(line)
+                self._ready_seen.set()
+            if self._on_phase is not None:
+                self._detect_phase(line, self._on_phase)
 
-    def _detect_phase(self, line: str) -> None:
+    def _detect_phase(self, line: str, on_phase: Callable[[Phase], None]) -> None:
         # Phases only move forward: a late line matching an earlier phase is not reported.
-        for index, (pattern, phase) in enumerate(_PHASES):
+        for index, (pattern, phase) in enumerate(PHASES):
             if index >= self._phase_index and pattern.search(line):
-                self._phase_index = index + 1 if index < len(_PHASES) - 1 else index
-                assert self.on_phase is not None
-                self.on_phase(Phase(phase, line, time.monotonic() - self.started_at))
+                self._phase_index = index + 1 if index < len(PHASES) - 1 else index
+                on_phase(Phase(phase, line, time.monotonic() - self._started_at))
                 return
 
     async def wait_output_closed(self, timeout: float = 0.5) -> None:
         """Give the log readers a moment to take the last lines after an exit."""
-        if self._readers:
-            await asyncio.wait(self._readers, timeout=timeout)
+        await asyncio.wait(self._readers, timeout=timeout)
 
     async def wait_ready(
         self,
@@ -228,23 +236,25 @@ class ServerProcess:
         ``health_url`` poll with a short capped backoff covers servers whose log level hides
         it. The process exit is watched in the same wait, so a crash is reported at once.
         """
-        poll = asyncio.ensure_future(_poll_health(client, health_url))
-        line = asyncio.ensure_future(self.ready_seen.wait())
+        poll = asyncio.ensure_future(poll_until(
+            lambda: answers_health(client, health_url, timeout=30.0), first=0.005, cap=0.2
+        ))
+        line = asyncio.ensure_future(self._ready_seen.wait())
         try:
             done, _ = await asyncio.wait(
-                {poll, line, self.exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                {poll, line, self._exit}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             for task in (poll, line):
                 task.cancel()
             await asyncio.gather(poll, line, return_exceptions=True)
-        if self.exited in done or self.returncode is not None:
+        if self._exit in done or self.returncode is not None:
             await self.wait_output_closed()
-            code = self.exited.result()
+            code = self._exit.result()
             # The whole ring, not just the tail: SGLang prints more after the traceback.
             raise start_error(
                 f"the {name} exited during start with {describe_returncode(code)}",
-                output=self.ring,
+                output=self._ring,
                 returncode=code,
                 command=self.masked_command,
                 log_tail=self.log_tail(),
@@ -262,27 +272,23 @@ class ServerProcess:
 
         Returns the return code. Never leaves a process of the tree behind.
         """
-        pid = self.proc.pid
+        pid = self._proc.pid
         tree: list[psutil.Process] = []
         if self.returncode is None:
             tree = await off_loop(collect_tree, pid)
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGTERM)
             if grace > 0:
-                await asyncio.wait({self.exited}, timeout=grace)
+                await asyncio.wait({self._exit}, timeout=grace)
         # SIGKILL the group and every collected descendant, even when the leader exited:
         # children re-parented to init would otherwise outlive it.
         if self.returncode is None:
             tree = tree + await off_loop(collect_tree, pid)
         await off_loop(kill_tree, pid, tree)
-        code = await self.exited
+        code = await self._exit
         await self.wait_output_closed()
         reaper.unwatch(pid)
         return code
-
-    async def kill(self) -> int:
-        """Stop at once (no grace)."""
-        return await self.terminate(0)
 
 
 async def off_loop(func: Callable[..., T], *args: Any) -> T:
@@ -297,19 +303,6 @@ async def off_loop(func: Callable[..., T], *args: Any) -> T:
 async def _ensure_reaper() -> None:
     if reaper.watcher_pid is None:
         await off_loop(reaper.ensure_started)
-
-
-async def _poll_health(client: _http.httpx.AsyncClient, url: str) -> None:
-    delay = 0.005
-    while True:
-        try:
-            response = await client.get(url, timeout=30.0)
-            if response.status_code == 200:
-                return
-        except _http.httpx.TransportError:
-            pass
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.2)
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")

@@ -41,8 +41,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from . import _http
+from ._health import poll_until
 from ._process import Phase, ServerProcess
 from ._router_launch import KEY_ENV
+from ._supervised import LOG_TAIL_LINES, SupervisedTree
 from ._topology import normalize_worker_url
 from .config import RouterKind, ServerConfig
 from .errors import ServerStartError, ServerStartTimeout, ServerUnavailableError
@@ -111,8 +113,9 @@ class _Member:
     removing: bool = False
 
 
-class RouterGroup:
-    """Workers + router with the surface of one :class:`ServerProcess` (pid = the router's)."""
+class RouterGroup(SupervisedTree):
+    """Workers + router, supervised as one tree (pid = the router's; the router is the
+    lifeline: its exit is the group's)."""
 
     def __init__(
         self,
@@ -159,7 +162,7 @@ class RouterGroup:
     def local_workers(self) -> list[_Member]:
         return [m for m in self.members if m.local]
 
-    # -- the ServerProcess surface ----------------------------------------------------------
+    # -- the supervised tree ------------------------------------------------------------------
     @property
     def pid(self) -> int:
         if self.router is not None:
@@ -189,7 +192,7 @@ class RouterGroup:
         procs = [self.router] + [m.process for m in self.local_workers]
         return [p.pid for p in procs if p is not None and p.returncode is None]
 
-    def log_tail(self, lines: int = 20) -> list[str]:
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> list[str]:
         return self.router.log_tail(lines) if self.router is not None else []
 
     async def wait_output_closed(self, timeout: float = 0.5) -> None:
@@ -289,30 +292,27 @@ class RouterGroup:
                 self._exited.set_result(task.result())
 
     async def _ready_once(self) -> bool:
-        if self.kind == "smg":
-            reply = await self._client.get(f"{self._router_url}/readiness", timeout=5.0)
-            if reply.status_code != 200:
-                return False
-        await self.refresh()
+        try:
+            if self.kind == "smg":
+                reply = await self._client.get(f"{self._router_url}/readiness", timeout=5.0)
+                if reply.status_code != 200:
+                    return False
+            await self.refresh()
+        except (_http.httpx.HTTPError, ValueError):
+            return False
         if not all(m.healthy for m in self.local_workers):
             return False
         # Remote-only groups need one healthy worker; remote ones down at start are reported.
         return any(m.healthy for m in self.members)
 
     async def _wait_ready(self) -> None:
-        delay = 0.05
-        while True:
-            with contextlib.suppress(_http.httpx.HTTPError, ValueError):
-                if await self._ready_once():
-                    for member in self.members:
-                        if not member.local and not member.healthy:
-                            self._emit("worker_unhealthy", None, url=member.url, local=False)
-                    return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+        await poll_until(self._ready_once, first=0.05, cap=0.5)
+        for member in self.members:
+            if not member.local and not member.healthy:
+                self._emit("worker_unhealthy", None, url=member.url, local=False)
 
     def _auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._api_key}"}
+        return _http.bearer_headers(self._api_key)
 
     # -- the router's view --------------------------------------------------------------------
     async def registered_workers(self) -> dict[str, dict[str, Any]]:
@@ -411,16 +411,16 @@ class RouterGroup:
             )
         member = _Member(url, key, False)
         self.members.append(member)
-        deadline = time.monotonic() + timeout
-        while member.router_id is None:
+
+        async def listed() -> bool:
             with contextlib.suppress(_http.httpx.HTTPError, ValueError):
                 await self.refresh()
-            if member.router_id is not None:
-                break
-            if time.monotonic() > deadline:
-                self.members.remove(member)
-                raise ServerUnavailableError(f"the router did not list {url} within {timeout} s")
-            await asyncio.sleep(0.2)
+            return member.router_id is not None
+
+        if not await poll_until(listed, first=0.2, cap=0.2, timeout=timeout):
+            self.members.remove(member)
+            raise ServerUnavailableError(f"the router did not list {url} within {timeout} s")
+        assert member.router_id is not None
         return member.router_id
 
     async def remove_worker(self, worker_id: str, timeout: float = 60.0) -> None:
@@ -444,13 +444,13 @@ class RouterGroup:
                     f"the router refused to remove {member.url}:"
                     f" {response.status_code} {response.text[:300]}"
                 )
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:  # DELETE answers 202; draining follows
+
+            async def drained() -> bool:  # DELETE answers 202; draining follows
                 with contextlib.suppress(_http.httpx.HTTPError, ValueError):
-                    if member.url not in await self.registered_workers():
-                        break
-                await asyncio.sleep(0.2)
-            else:
+                    return member.url not in await self.registered_workers()
+                return False
+
+            if not await poll_until(drained, first=0.2, cap=0.2, timeout=timeout):
                 raise ServerUnavailableError(
                     f"the router still lists {member.url} after {timeout} s"
                 )
@@ -527,6 +527,3 @@ class RouterGroup:
         if not self._exited.done():
             self._exited.set_result(codes[0] if codes else 0)
         return codes[0] if self.router is not None and codes else 0
-
-    async def kill(self) -> int:
-        return await self.terminate(0)

@@ -3,13 +3,16 @@
 ::
 
     CREATED ──start──▶ STARTING ──ready──▶ READY ──idle/stop──▶ STOPPING ──▶ STOPPED
-                          │  ▲                │                                  │
+                          │  ▲                │ ▲ sleep/wake                     │
+                          │  │                ▼ │                                │
+                          │  │              SLEEPING ──idle/stop──▶ STOPPING     │
                           │  └──────── next request relaunches ◀─────────────────┘
-                          ▼                   ▼ (process died)
+                          ▼                   ▼ (process died, hung)
                         FAILED ◀──────────────┘          (next request relaunches)
-    any state ──aclose()──▶ CLOSED (final)
+    STARTING ──start cancelled──▶ STOPPED;  any state ──aclose()──▶ CLOSED (final)
 
-Rules (see DESIGN.md, "Lifecycle"):
+Every change of a launched server's state goes through ``LaunchedServer._set_state``, which
+refuses a move the diagram does not have. Rules:
 
 * Single flight: concurrent first requests share one start.
 * Admission and going idle are mutually exclusive: both are decided synchronously on the
@@ -31,14 +34,16 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import _http
 from ._diagnose import check_before_launch
+from ._health import answers_health, poll_until
 from ._process import Phase, ServerProcess, describe_returncode
 from ._secrets import PrivateArgsFile
+from ._supervised import SupervisedTree
 from ._translate import check_response
 from .config import ServerConfig
 from .errors import (
@@ -53,10 +58,8 @@ from .errors import (
 from .router import RouterGroup, WorkerInfo
 from .watchdog import DirectTraffic, InactivityWatchdog
 
-Supervised = ServerProcess | RouterGroup
-"""What a launched server is: one process tree, or workers behind an sglang-router."""
-
-__all__ = ["Backend", "LaunchedServer", "PortReservation", "RemoteServer", "ServerEvent", "ServerState"]
+__all__ = ["Backend", "LaunchedServer", "PortReservation", "Recovery", "RemoteServer", "ServerEvent",
+           "ServerState"]
 
 logger = logging.getLogger("sglang_backend.server")
 
@@ -72,6 +75,31 @@ class ServerState(str, enum.Enum):
     STOPPED = "stopped"
     FAILED = "failed"
     CLOSED = "closed"
+
+
+_S = ServerState
+# Where a launched server may go from each state (the module's diagram); CLOSED is final.
+_NEXT: Mapping[ServerState, frozenset[ServerState]] = {
+    _S.CREATED: frozenset({_S.STARTING, _S.CLOSED}),
+    _S.STARTING: frozenset({_S.READY, _S.FAILED, _S.STOPPED, _S.CLOSED}),
+    _S.READY: frozenset({_S.SLEEPING, _S.STOPPING, _S.FAILED, _S.CLOSED}),
+    _S.SLEEPING: frozenset({_S.READY, _S.STOPPING, _S.FAILED, _S.CLOSED}),
+    _S.STOPPING: frozenset({_S.STOPPED, _S.CLOSED}),
+    _S.STOPPED: frozenset({_S.STARTING, _S.CLOSED}),
+    _S.FAILED: frozenset({_S.STARTING, _S.CLOSED}),
+    _S.CLOSED: frozenset(),
+}
+_CLOSABLE = frozenset(state for state, after in _NEXT.items() if _S.CLOSED in after)
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """A backend's verdict on a request that failed in transport (:meth:`Backend.recover`)."""
+
+    resend: bool = False
+    """The request may be sent again: it never reached a dead server, or the server is back."""
+    error: SGLangError | None = None
+    """The typed error to raise instead: the server died with the request, the model closed."""
 
 
 @dataclass(frozen=True)
@@ -294,11 +322,9 @@ class Backend(abc.ABC):
         """Make the server ready (launch, or check a remote one)."""
 
     @abc.abstractmethod
-    async def recover(self, token: object, exc: BaseException, *, sent: bool) -> bool:
-        """A request on ``token`` failed with a transport error: retry (True) or raise.
-
-        Raises a typed error when the server is known to have died.
-        """
+    async def recover(self, token: object, exc: BaseException, *, sent: bool) -> Recovery:
+        """A request on ``token`` failed with a transport error (``sent``: it may have reached
+        the server): may it be sent again, or what typed error says what happened?"""
 
     async def check_hung(self, token: object) -> ServerHungError | None:
         """A request on ``token`` timed out: is the server hung? (None: it answers.)
@@ -310,10 +336,10 @@ class Backend(abc.ABC):
 
     async def _answers_health(self, timeout: float) -> bool:
         try:
-            response = await self.pool.client.get(f"{self.base_url}/health", timeout=timeout)
-        except (_http.httpx.TransportError, ModelClosedError):
+            client = self.pool.client
+        except ModelClosedError:
             return False
-        return response.status_code == 200
+        return await answers_health(client, f"{self.base_url}/health", timeout=timeout)
 
     @abc.abstractmethod
     async def aclose(self) -> None:
@@ -353,7 +379,7 @@ class RemoteServer(Backend):
         return f"RemoteServer({self.base_url!r}, state={self.state.value})"
 
     def _auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return _http.bearer_headers(self.api_key)
 
     async def acquire(self) -> object:
         if self.state is ServerState.CLOSED:
@@ -392,41 +418,41 @@ class RemoteServer(Backend):
             check_response(response)
 
     async def wait_healthy(self, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
         refused_since: float | None = None
-        delay = 0.05
         last: str = "no answer"
-        while True:
+
+        async def healthy() -> bool:
+            nonlocal refused_since, last
             try:
                 response = await self.pool.client.get(f"{self.base_url}/health", timeout=30.0)
                 if response.status_code == 200:
-                    return
+                    return True
                 last = f"/health answered {response.status_code}"
                 refused_since = None  # something answers: it may be starting
             except _http.httpx.TransportError as exc:
                 last = f"{type(exc).__name__}: {exc}"
-                refused_since = loop.time() if refused_since is None else refused_since
-            now = loop.time()
-            if refused_since is not None and now - refused_since >= self._connect_timeout:
+                refused_since = time.monotonic() if refused_since is None else refused_since
+            if refused_since is not None and time.monotonic() - refused_since >= self._connect_timeout:
                 raise ServerUnavailableError(
                     f"nothing answers at {self.base_url} (connect timeout "
                     f"{self._connect_timeout:g} s; {last})"
                 )
-            remaining = deadline - now
-            if remaining <= 0:
-                raise ServerUnavailableError(
-                    f"the server at {self.base_url} was not healthy within {timeout:g} s ({last})"
-                )
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, 1.0)
-
-    async def recover(self, token: object, exc: BaseException, *, sent: bool) -> bool:
-        if sent:
             return False
+
+        if not await poll_until(healthy, first=0.05, cap=1.0, timeout=timeout):
+            raise ServerUnavailableError(
+                f"the server at {self.base_url} was not healthy within {timeout:g} s ({last})"
+            )
+
+    async def recover(self, token: object, exc: BaseException, *, sent: bool) -> Recovery:
+        if sent:
+            return Recovery()
         # Not connected: the server may be restarting; wait on its health, then retry once.
-        await self.wait_healthy(self._timeout)
-        return True
+        try:
+            await self.wait_healthy(self._timeout)
+        except SGLangError as unavailable:
+            return Recovery(error=unavailable)
+        return Recovery(resend=True)
 
     async def check_hung(self, token: object) -> ServerHungError | None:
         if await self._answers_health(self._health_check_timeout):
@@ -443,12 +469,31 @@ class RemoteServer(Backend):
         await self._close_pool()
 
 
+@dataclass
+class _Tasks:
+    """A launched server's background work; each is None while not under way."""
+
+    start: asyncio.Task[None] | None = None
+    """The single-flight start every waiter shares."""
+    stop: asyncio.Task[None] | None = None
+    """The stop under way (idle, or asked for)."""
+    exit_watch: asyncio.Task[None] | None = None
+    """Waits for the serving tree to exit (a crash while serving)."""
+    cleanup: asyncio.Task[None] | None = None
+    """Kills what is left of a crashed or hung tree; the next start waits for it."""
+    sleep: asyncio.Task[bool] | None = None
+    """The warm sleep's memory release (True: released)."""
+    wake: asyncio.Task[None] | None = None
+    """Resuming the memory before the next admission (single flight)."""
+
+
 class LaunchedServer(Backend):
     """Launch mode: the library owns the server process from launch to teardown.
 
     Public attributes for inspection: ``state``, ``pid``, ``base_url``, ``launches``,
     ``inflight`` (requests and open streams), ``process`` (the current
-    :class:`~sglang_backend._process.ServerProcess` or :class:`~sglang_backend.router.RouterGroup`)
+    :class:`~sglang_backend._supervised.SupervisedTree`: a
+    :class:`~sglang_backend._process.ServerProcess` or a :class:`~sglang_backend.router.RouterGroup`)
     and ``error`` (what put it in FAILED: the start error or a ServerCrashedError).
     """
 
@@ -462,21 +507,18 @@ class LaunchedServer(Backend):
     ) -> None:
         super().__init__(on_event)
         self.model_path = model_path
-        self._cleanup: asyncio.Task[None] | None = None
         self.config = config
         self.api_key = api_key or (
             config.api_key.get_secret_value() if config.api_key else secrets.token_hex(24)
         )
         self._reservation: PortReservation | None = None
-        self.process: Supervised | None = None
+        self.process: SupervisedTree | None = None
         self._worker_reservations: list[PortReservation] = []
         self.error: BaseException | None = None
-        self._start_task: asyncio.Task[None] | None = None
+        self._tasks = _Tasks()
         self._start_waiters = 0
         self._start_failures = 0
         self._retry_at = 0.0
-        self._stop_task: asyncio.Task[None] | None = None
-        self._monitor: asyncio.Task[None] | None = None
         self._launches = 0
         self._after_ready: list[Callable[[LaunchedServer], Awaitable[None]]] = []
         self._watchdog = InactivityWatchdog(
@@ -484,8 +526,6 @@ class LaunchedServer(Backend):
             sleep_after=config.sleep_timeout, on_sleep=self._fall_asleep,
             traffic=DirectTraffic(self.direct_urls) if config.keep_alive_on_traffic else None,
         )
-        self._sleep_task: asyncio.Task[bool] | None = None
-        self._wake_task: asyncio.Task[None] | None = None
         # The key reaches the server through this file, never argv (see _secrets).
         self._secret_file = PrivateArgsFile(config.secret_args(self.api_key))
         self.base_url = ""
@@ -500,21 +540,57 @@ class LaunchedServer(Backend):
 
     def direct_urls(self) -> list[str]:
         process = self.process
-        if isinstance(process, RouterGroup):
-            urls = [url.rstrip("/") for url in process.direct_urls()]
-            if urls:
-                return urls
-        return [self.base_url]
+        urls = [url.rstrip("/") for url in process.direct_urls()] if process is not None else []
+        return urls or [self.base_url]
 
     def worker_api_key(self, url: str) -> str | None:
         process = self.process
-        if isinstance(process, RouterGroup):
-            return process.worker_api_key(url)
-        return self.api_key
+        key = process.worker_api_key(url) if process is not None else None
+        return key if key is not None else self.api_key
 
     def __repr__(self) -> str:
         return (f"LaunchedServer({self.model_path!r}, state={self.state.value}, "
                 f"url={self.base_url or None!r}, launches={self._launches})")
+
+    # -- the state ---------------------------------------------------------------------
+    def _set_state(
+        self,
+        new: ServerState,
+        *,
+        when: Collection[ServerState] | None = None,
+        idle: bool = False,
+        event: str | None = None,
+        pid: int | None = None,
+        **detail: Any,
+    ) -> bool:
+        """The one place the state changes; True when it did.
+
+        The check and the change are one step under the admission lock, so no thread's
+        admission comes between them: nothing changes unless the state is one of ``when``
+        (when given) and, with ``idle``, no request is in flight. A move the module's diagram
+        does not have is a bug and raises. ``event`` (with ``pid`` and ``detail``) is emitted
+        once the state says so, outside the lock: a listener may act on it at once.
+        """
+        with self._admission:
+            old = self.state
+            if (when is not None and old not in when) or (idle and self.inflight):
+                return False
+            if new not in _NEXT[old]:
+                raise RuntimeError(f"server state {old.value} -> {new.value} is not a transition")
+            self.state = new
+        if event is not None:
+            self.emit(event, pid, **detail)
+        return True
+
+    def _lose(self, process: SupervisedTree, error: BaseException, event: str | None = None,
+              **detail: Any) -> None:
+        """The serving tree is lost (died, hung, cannot wake): FAILED at once, synchronously,
+        so no request is admitted to it, and what is left of it cleaned up in the background."""
+        self.error = error
+        self._watchdog.stop()
+        self._set_state(ServerState.FAILED, event=event, pid=process.pid, **detail)
+        self._tasks.cleanup = asyncio.ensure_future(self._after_crash(process))
+        self._tasks.cleanup.add_done_callback(_log_failure)
 
     # -- observable state -------------------------------------------------------------
     @property
@@ -531,8 +607,8 @@ class LaunchedServer(Backend):
     def asleep(self) -> bool:
         """In the warm sleep with its memory released, and no wake under way (a server
         falling asleep or waking still holds, or takes, its memory)."""
-        sleeping = self._sleep_task
-        return (self.state is ServerState.SLEEPING and self._wake_task is None
+        sleeping = self._tasks.sleep
+        return (self.state is ServerState.SLEEPING and self._tasks.wake is None
                 and sleeping is not None and sleeping.done() and not sleeping.cancelled()
                 and sleeping.exception() is None and sleeping.result())
 
@@ -577,21 +653,21 @@ class LaunchedServer(Backend):
         if state is ServerState.READY:
             return
         if state is ServerState.STOPPING:
-            assert self._stop_task is not None
-            await asyncio.shield(self._stop_task)
+            assert self._tasks.stop is not None
+            await asyncio.shield(self._tasks.stop)
             return
         if state is ServerState.SLEEPING:
-            if self._wake_task is None:
-                self._wake_task = asyncio.ensure_future(self._wake())
-            await asyncio.shield(self._wake_task)
+            if self._tasks.wake is None:
+                self._tasks.wake = asyncio.ensure_future(self._wake())
+            await asyncio.shield(self._tasks.wake)
             return
-        if self._start_task is None:
+        if self._tasks.start is None:
             last = self._backing_off()
             if last is not None:
                 raise _own_copy(last) from last
-            self._start_task = asyncio.ensure_future(self._start())
-            self._start_task.add_done_callback(self._start_done)
-        task = self._start_task
+            self._tasks.start = asyncio.ensure_future(self._start())
+            self._tasks.start.add_done_callback(self._start_done)
+        task = self._tasks.start
         self._start_waiters += 1
         try:
             await asyncio.shield(task)
@@ -609,18 +685,17 @@ class LaunchedServer(Backend):
             self._start_waiters -= 1
 
     def _start_done(self, task: asyncio.Task[None]) -> None:
-        self._start_task = None
+        self._tasks.start = None
         if task.cancelled():
-            if self.state is ServerState.STARTING:
-                self.state = ServerState.STOPPED
+            self._set_state(ServerState.STOPPED, when=(ServerState.STARTING,))
             return
         exc = task.exception()
         if exc is None:
             self._start_failures = 0
             return
         if self.state is ServerState.STARTING:
-            self.state = ServerState.FAILED
             self.error = exc
+            self._set_state(ServerState.FAILED)
             self._start_failures += 1
             # A server that fails at every start must not be relaunched by every request (on a
             # GPU each launch costs minutes): from the second failure in a row, requests fail
@@ -646,21 +721,22 @@ class LaunchedServer(Backend):
 
     # -- start ------------------------------------------------------------------------
     async def _start(self) -> None:
-        if self._cleanup is not None:  # a crash's cleanup (tree kill, fresh pool) goes first
-            await asyncio.wait({self._cleanup})
-            self._cleanup = None
+        if self._tasks.cleanup is not None:  # a crash's cleanup (tree kill, fresh pool) goes first
+            await asyncio.wait({self._tasks.cleanup})
+            self._tasks.cleanup = None
         relaunch = self._launches > 0
-        self.state = ServerState.STARTING
+        self._set_state(ServerState.STARTING)
         self.error = None
         if self._reservation is None:
             self._reservation = PortReservation(self.config.host, self.config.port)
             self.base_url = _url(self.config.host, self._reservation.port)
         else:
             self._reservation.check_free()
+        # Reported once the port is known to be ours (a taken port fails without a launch).
         self.emit("relaunching" if relaunch else "launching")
         self._launches += 1
         started = time.monotonic()
-        process: Supervised
+        process: SupervisedTree
         try:
             if self.config.is_group:
                 process = await self._launch_group()
@@ -678,9 +754,9 @@ class LaunchedServer(Backend):
                 self.emit("start_failed", self.pid, error=exc.summary,
                           returncode=exc.returncode)
             raise
-        self.state = ServerState.READY
-        self.emit("ready", process.pid, duration=round(time.monotonic() - started, 3))
-        self._monitor = asyncio.ensure_future(self._watch_exit(process))
+        self._set_state(ServerState.READY, event="ready", pid=process.pid,
+                        duration=round(time.monotonic() - started, 3))
+        self._tasks.exit_watch = asyncio.ensure_future(self._watch_exit(process))
         self._watchdog.start()
 
     async def _launch_single(self) -> ServerProcess:
@@ -735,31 +811,27 @@ class LaunchedServer(Backend):
         self.emit("phase", self.pid, phase=phase.name, elapsed=round(phase.elapsed, 3),
                   line=phase.line)
 
-    async def _watch_exit(self, process: Supervised) -> None:
-        # wait() rather than await: cancelling the monitor must not cancel `exited` itself.
+    # -- losing the serving tree ------------------------------------------------------
+    async def _watch_exit(self, process: SupervisedTree) -> None:
+        # wait() rather than await: cancelling the watch must not cancel `exited` itself.
         await asyncio.wait({process.exited})
         await process.wait_output_closed(0.2)
         self._mark_crashed(process)
 
-    def _mark_crashed(self, process: Supervised) -> None:
-        """The process died while READY: fail over to FAILED at once (synchronously, so no
-        request is admitted to a dead server) and clean up what is left of its tree."""
+    def _mark_crashed(self, process: SupervisedTree) -> None:
+        """The process died while serving: FAILED at once (see :meth:`_lose`)."""
         if self.process is not process or self.state not in (ServerState.READY, ServerState.SLEEPING):
             return
         code = process.returncode
-        self.error = ServerCrashedError(
+        error = ServerCrashedError(
             f"the server (pid {process.pid}) died while serving with {describe_returncode(code)}",
             returncode=code,
             command=process.masked_command,
             log_tail=process.log_tail(),
         )
-        self.state = ServerState.FAILED
-        self._watchdog.stop()
-        self.emit("crashed", process.pid, returncode=code)
-        self._cleanup = asyncio.ensure_future(self._after_crash(process))
-        self._cleanup.add_done_callback(_log_failure)
+        self._lose(process, error, "crashed", returncode=code)
 
-    async def _after_crash(self, process: Supervised) -> None:
+    async def _after_crash(self, process: SupervisedTree) -> None:
         await process.kill()  # whatever is left of the tree
         self._secret_file.remove()
         await self._drop_connections()
@@ -770,7 +842,7 @@ class LaunchedServer(Backend):
         await self._renew_pool()
 
     async def check_hung(self, token: object) -> ServerHungError | None:
-        process = token if isinstance(token, (ServerProcess, RouterGroup)) else None
+        process = token if isinstance(token, SupervisedTree) else None
         if process is None or self.process is not process or self.state is not ServerState.READY:
             return None
         if await self._answers_health(self.config.health_check_timeout):
@@ -784,46 +856,40 @@ class LaunchedServer(Backend):
             command=process.masked_command,
             log_tail=process.log_tail(),
         )
-        self.error = error
-        self.state = ServerState.FAILED
-        self._watchdog.stop()
-        self.emit("hung", process.pid, health_check_timeout=bound)
-        self._cleanup = asyncio.ensure_future(self._after_crash(process))
-        self._cleanup.add_done_callback(_log_failure)
+        self._lose(process, error, "hung", health_check_timeout=bound)
         return error
 
-    async def recover(self, token: object, exc: BaseException, *, sent: bool) -> bool:
-        process = token if isinstance(token, (ServerProcess, RouterGroup)) else None
+    async def recover(self, token: object, exc: BaseException, *, sent: bool) -> Recovery:
+        process = token if isinstance(token, SupervisedTree) else None
         if process is not None and process.returncode is None:
             # The connection drops a few ms before the exit is reported: wait for it briefly.
             await asyncio.wait({process.exited}, timeout=0.5)
         if process is None or process.returncode is None:
-            return not sent
+            return Recovery(resend=not sent)
         self._mark_crashed(process)
         if self.state is ServerState.CLOSED:
-            raise ModelClosedError("the model was closed during the request") from exc
+            return Recovery(error=ModelClosedError("the model was closed during the request"))
         if not sent:
-            return True  # never reached the dead server: relaunch and retry
-        raise ServerCrashedError(
+            return Recovery(resend=True)  # never reached the dead server: relaunch and retry
+        return Recovery(error=ServerCrashedError(
             f"the server (pid {process.pid}) died during the request with "
             f"{describe_returncode(process.returncode)}",
             returncode=process.returncode,
             command=process.masked_command,
             log_tail=process.log_tail(),
-        ) from exc
+        ))
 
     # -- stop -------------------------------------------------------------------------
     def _idle_stop(self) -> bool:
         """Called by the watchdog, synchronously: the admission check and this state change
-        happen in one step of the loop, so no request can slip in between."""
-        with self._admission:  # no thread may be admitted between this check and STOPPING
-            if self.state is ServerState.SLEEPING and self._wake_task is None:
-                pass  # asleep and nobody waking it: the full stop may go ahead
-            elif self.state is not ServerState.READY:
-                return True
-            if self.inflight:
-                return False
-            self.state = ServerState.STOPPING
+        happen in one step of the loop, so no request can slip in between. True: stopping,
+        or nothing to stop; False: busy, look again later."""
+        if self.state is ServerState.SLEEPING and self._tasks.wake is not None:
+            return True  # being woken for a request: not idle
+        if not self._set_state(ServerState.STOPPING, idle=True,
+                               when=(ServerState.READY, ServerState.SLEEPING)):
+            # Only the loop changes the state: still READY or SLEEPING means requests in flight.
+            return self.state not in (ServerState.READY, ServerState.SLEEPING)
         self._begin_stop("idle")
         return True
 
@@ -832,12 +898,10 @@ class LaunchedServer(Backend):
         """READY and idle → SLEEPING and the memory release started; None when the server is
         not ready or has requests in flight. Like the idle stop, the check and the state
         change are one step, under the admission lock, so no request slips in between."""
-        with self._admission:
-            if self.state is not ServerState.READY or self.inflight:
-                return None
-            self.state = ServerState.SLEEPING
-        self._sleep_task = asyncio.ensure_future(self._release_memory())
-        return self._sleep_task
+        if not self._set_state(ServerState.SLEEPING, when=(ServerState.READY,), idle=True):
+            return None
+        self._tasks.sleep = asyncio.ensure_future(self._release_memory())
+        return self._tasks.sleep
 
     def _fall_asleep(self) -> bool:
         """The watchdog's hook after ``sleep_timeout`` idle seconds, synchronously. True:
@@ -850,7 +914,7 @@ class LaunchedServer(Backend):
         and idle, or the release failed (it then stays awake and serving)."""
         task = self._begin_sleep()
         if task is None and self.state is ServerState.SLEEPING:
-            task = self._sleep_task  # already falling asleep: the same release
+            task = self._tasks.sleep  # already falling asleep: the same release
             if task is None:
                 return True
         return await asyncio.shield(task) if task is not None else False
@@ -858,8 +922,7 @@ class LaunchedServer(Backend):
     async def _memory_call(self, path: str) -> None:
         """POST ``path`` to every server of the run (each worker of a group), admin key first."""
         for url in self.direct_urls():
-            key = self.admin_key or self.worker_api_key(url)
-            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            headers = _http.bearer_headers(self.admin_key or self.worker_api_key(url))
             response = await self.pool.client.post(f"{url}{path}", json={}, headers=headers,
                                                    timeout=self.config.startup_timeout)
             check_response(response)
@@ -870,9 +933,7 @@ class LaunchedServer(Backend):
             await self._memory_call("/release_memory_occupation")
         except (SGLangError, _http.httpx.HTTPError) as exc:  # it keeps its memory and serves
             logger.warning("the warm sleep failed, the server stays awake: %s", exc)
-            with self._admission:
-                if self.state is ServerState.SLEEPING:
-                    self.state = ServerState.READY
+            self._set_state(ServerState.READY, when=(ServerState.SLEEPING,))
             return False
         self.emit("sleeping", self.pid, duration=round(time.monotonic() - started, 3))
         return True
@@ -881,7 +942,8 @@ class LaunchedServer(Backend):
         """Resume the memory of a sleeping server, then admit again (single flight)."""
         started = time.monotonic()
         try:
-            released = await asyncio.shield(self._sleep_task) if self._sleep_task else False
+            sleeping = self._tasks.sleep
+            released = await asyncio.shield(sleeping) if sleeping else False
             if released and self.state is ServerState.SLEEPING:
                 await self._memory_call("/resume_memory_occupation")
         except (SGLangError, _http.httpx.HTTPError) as exc:
@@ -889,26 +951,22 @@ class LaunchedServer(Backend):
             error = ServerCrashedError(f"the server could not resume its memory: {exc}")
             process = self.process
             if process is not None and self.state is ServerState.SLEEPING:
-                self.error, self.state = error, ServerState.FAILED
-                self._watchdog.stop()
-                self._cleanup = asyncio.ensure_future(self._after_crash(process))
-                self._cleanup.add_done_callback(_log_failure)
+                self._lose(process, error)
             raise error from exc
         finally:
-            self._wake_task = self._sleep_task = None
-        with self._admission:
-            if self.state is ServerState.SLEEPING:
-                self.state = ServerState.READY
+            self._tasks.wake = self._tasks.sleep = None
+        self._set_state(ServerState.READY, when=(ServerState.SLEEPING,))
         self._watchdog.touch()
+        # Also when a failed release had kept it awake: the waiting request goes on either way.
         self.emit("awake", self.pid, duration=round(time.monotonic() - started, 3))
 
     def _begin_stop(self, reason: str) -> asyncio.Task[None]:
-        if self._stop_task is None:
-            with self._admission:
-                self.state = ServerState.STOPPING
+        if self._tasks.stop is None:
+            # From READY or SLEEPING (the idle stop has already moved to STOPPING).
+            self._set_state(ServerState.STOPPING, when=(ServerState.READY, ServerState.SLEEPING))
             self._watchdog.stop()
-            self._stop_task = asyncio.ensure_future(self._stop(reason))
-        return self._stop_task
+            self._tasks.stop = asyncio.ensure_future(self._stop(reason))
+        return self._tasks.stop
 
     async def _stop(self, reason: str) -> None:
         process = self.process
@@ -918,29 +976,31 @@ class LaunchedServer(Backend):
             if process is not None:
                 code = await process.terminate(self.config.shutdown_timeout)
                 await self._drop_connections()
-        finally:
-            self._secret_file.remove()
-            if self._monitor is not None:
-                self._monitor.cancel()
-                self._monitor = None
-            self._stop_task = None
-            if self.state is ServerState.STOPPING:
-                self.state = ServerState.STOPPED
-        if process is not None:
-            # Reported once the state says so: a listener may act on it at once.
-            self.emit(
-                "idle_stopped" if reason == "idle" else "stopped",
-                process.pid,
-                returncode=code,
-                duration=round(time.monotonic() - started, 3),
-            )
+        except BaseException:
+            self._end_stop()
+            self._set_state(ServerState.STOPPED, when=(ServerState.STOPPING,))
+            raise
+        self._end_stop()
+        self._set_state(
+            ServerState.STOPPED, when=(ServerState.STOPPING,),
+            event=None if process is None else "idle_stopped" if reason == "idle" else "stopped",
+            pid=process.pid if process is not None else None,
+            returncode=code, duration=round(time.monotonic() - started, 3),
+        )
+
+    def _end_stop(self) -> None:
+        self._secret_file.remove()
+        if self._tasks.exit_watch is not None:
+            self._tasks.exit_watch.cancel()
+            self._tasks.exit_watch = None
+        self._tasks.stop = None
 
     async def stop(self) -> None:
         """Stop the server now (it relaunches on the next request)."""
-        if self._start_task is not None:
-            self._start_task.cancel()
-            await _wait_through_cancellation(self._start_task)
-        if self.state in (ServerState.READY, ServerState.SLEEPING) or self._stop_task is not None:
+        if self._tasks.start is not None:
+            self._tasks.start.cancel()
+            await _wait_through_cancellation(self._tasks.start)
+        if self.state in (ServerState.READY, ServerState.SLEEPING) or self._tasks.stop is not None:
             await asyncio.shield(self._begin_stop("stop"))
         elif self.process is not None and self.process.returncode is None:
             await self.process.kill()
@@ -951,10 +1011,11 @@ class LaunchedServer(Backend):
         try:
             await self.stop()
         finally:
-            self.state = ServerState.CLOSED
+            # (unless another aclose() got here first)
+            self._set_state(ServerState.CLOSED, when=_CLOSABLE)
             self._watchdog.stop()
-            if self._monitor is not None:
-                self._monitor.cancel()
+            if self._tasks.exit_watch is not None:
+                self._tasks.exit_watch.cancel()
             for reservation in [self._reservation, *self._worker_reservations]:
                 if reservation is not None:
                     reservation.close()
@@ -979,4 +1040,3 @@ class LaunchedServer(Backend):
     def workers(self) -> list[WorkerInfo]:
         """The group's workers: id, URL, local or remote, healthy, in flight."""
         return self._group().workers()
-
