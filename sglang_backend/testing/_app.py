@@ -61,6 +61,7 @@ from sglang_backend.testing._replies import sse as _sse
 from sglang_backend.testing._sampling import SamplingParams, chat_logprobs, choice_rng, completion_logprobs
 from sglang_backend.testing._schema import SchemaError, tool_schema_problem
 from sglang_backend.testing._state import WARMUP_HEADER, ServerState
+from sglang_backend.testing._structural_tag import structural_tag_target
 from sglang_backend.testing._tool_formats import Rendered, call_id, render
 
 __all__ = ["WARMUP_HEADER", "ServerState", "build_app", "dumps"]
@@ -335,6 +336,9 @@ def build_app(state: ServerState) -> FastAPI:
                 except SchemaError as exc:
                     raise _BadRequest(f"Invalid tool parameters schema: {exc}") from exc
         json_schema: str | None = None
+        structural_tag = (
+            None if calls or req.response_format is None else req.response_format.structural_tag()
+        )
         if not calls and req.response_format is not None and req.response_format.type == "json_object":
             json_schema = '{"type": "object"}'
         elif not calls and req.response_format is not None and req.response_format.type == "json_schema":
@@ -342,7 +346,7 @@ def build_app(state: ServerState) -> FastAPI:
             json_schema = json.dumps(fmt.schema_ if fmt and fmt.schema_ is not None else {})
         try:
             # a tool call's own format wins over the answer's constraint
-            grammar = None if calls else compile_constraint(req.regex, req.ebnf, json_schema)
+            grammar = None if calls else compile_constraint(req.regex, req.ebnf, json_schema, structural_tag)
         except ConstraintError as exc:
             raise _BadRequest(str(exc)) from exc
         kwargs = req.chat_template_kwargs or {}
@@ -364,6 +368,8 @@ def build_app(state: ServerState) -> FastAPI:
                 body = ""  # no example to aim at: the grammar alone shapes the answer
         elif req.response_format is not None and req.response_format.type == "json_object":
             body = json_text(None)
+        elif structural_tag is not None:
+            body = structural_tag_target(structural_tag)
         elif last.role in {"tool", "function"}:
             body = reply_text(user_text, tool_result=tok.content_text(last.content))
         else:

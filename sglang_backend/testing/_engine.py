@@ -45,22 +45,28 @@ class ConstraintError(ValueError):
     """A constraint SGLang rejects with 400 (its wording is the message)."""
 
 
-def compile_constraint(regex: str | None, ebnf: str | None, json_schema: str | None) -> str | None:
+def compile_constraint(
+    regex: str | None, ebnf: str | None, json_schema: str | None, structural_tag: str | None = None
+) -> str | None:
     """Compile the request's one constraint (None when it has none), like SGLang.
 
     More than one is SamplingParams.verify's error; one that does not compile is the
     grammar manager's "Failed to compile ... grammar" abort.
     """
-    given = [(kind, text) for kind, text in (("json_schema", json_schema), ("regex", regex), ("ebnf", ebnf))
-             if text is not None]  # fmt: skip
+    kinds = [("json_schema", json_schema), ("regex", regex), ("ebnf", ebnf)]
+    kinds.append(("structural_tag", structural_tag))
+    given = [(kind, text) for kind, text in kinds if text is not None]
     if len(given) > 1:
-        raise ConstraintError("Only one of regex, json_schema, or ebnf can be set.")
+        raise ConstraintError("Only one of json_schema, regex, ebnf, or structural_tag can be set.")
     if not given:
         return None
     kind, text = given[0]
     from sglang_backend.testing import _grammar  # llguidance loads at the first decode, not at startup
+    from sglang_backend.testing._structural_tag import compile_structural_tag
 
     try:
+        if kind == "structural_tag":
+            return compile_structural_tag(text)
         return _grammar.compile_grammar(kind, text)  # type: ignore[arg-type]
     except _grammar.GrammarError as exc:
         raise ConstraintError(f"Failed to compile {kind} grammar: {exc}") from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -119,11 +120,47 @@ class JsonSchemaFormat(_Model):
     strict: bool | None = False
 
 
-class ResponseFormat(_Model):
-    """``response_format``."""
+class StructureFormat(_Model):
+    """One structure of a (legacy) structural tag: text between *begin* and *end* follows *schema*."""
 
-    type: Literal["text", "json_object", "json_schema"]
+    begin: str
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    end: str
+
+
+class ResponseFormat(_Model):
+    """``response_format``: ``text``, ``json_object``, ``json_schema`` or ``structural_tag``.
+
+    A structural tag comes as SGLang's legacy form (``structures`` and ``triggers``,
+    ``at_least_one``) or as xgrammar's (a ``format`` object).
+    """
+
+    type: Literal["text", "json_object", "json_schema", "structural_tag"]
     json_schema: JsonSchemaFormat | None = None
+    structures: list[StructureFormat] | None = None
+    triggers: list[str] | None = None
+    at_least_one: bool = False
+    format: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _structural_tag_shape(self) -> ResponseFormat:
+        if (
+            self.type == "structural_tag"
+            and self.format is None
+            and (self.structures is None or self.triggers is None)
+        ):
+            raise ValueError("a structural_tag needs 'structures' and 'triggers' (or xgrammar's 'format')")
+        return self
+
+    def structural_tag(self) -> str | None:
+        """The tag as SGLang hands it to the grammar backend (``model_dump(by_alias=True)``), or None."""
+        if self.type != "structural_tag":
+            return None
+        if self.structures is None:
+            return json.dumps({"type": self.type, "format": self.format})
+        structures = [s.model_dump(by_alias=True) for s in self.structures]
+        return json.dumps({"type": self.type, "structures": structures, "triggers": self.triggers,
+                           "at_least_one": self.at_least_one})  # fmt: skip
 
 
 class StreamOptions(_Model):

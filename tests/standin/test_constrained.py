@@ -111,10 +111,13 @@ def test_streamed_regex_output_matches(http: httpx.Client) -> None:
 @pytest.mark.parametrize(
     ("body", "wording"),
     [
-        ({"regex": r"\d+", "ebnf": 'root ::= "1"'}, "Only one of regex, json_schema, or ebnf can be set."),
+        (
+            {"regex": r"\d+", "ebnf": 'root ::= "1"'},
+            "Only one of json_schema, regex, ebnf, or structural_tag can be set.",
+        ),
         (
             {"regex": r"\d+", "response_format": {"type": "json_object"}},
-            "Only one of regex, json_schema, or ebnf can be set.",
+            "Only one of json_schema, regex, ebnf, or structural_tag can be set.",
         ),
         ({"regex": "("}, "Failed to compile regex grammar"),
         ({"ebnf": 'root ::= "unclosed'}, "Failed to compile ebnf grammar"),
