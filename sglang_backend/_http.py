@@ -19,6 +19,7 @@ import openai
 
 __all__ = [
     "ServerPool",
+    "bearer_headers",
     "httpx",
     "loopback_mounts",
     "new_async_client",
@@ -42,6 +43,11 @@ else:
 
 stack_name: str = httpx.__name__
 """``"httpx"`` or ``"httpx2"``."""
+
+
+def bearer_headers(key: str | None) -> dict[str, str]:
+    """The ``Authorization`` header that carries ``key`` to a server (empty without a key)."""
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def loopback_mounts() -> dict[str, None]:

@@ -59,10 +59,8 @@ def _retarget(request: Any, lease: Lease) -> None:
     root = httpx.URL(lease.base_url)
     request.url = request.url.copy_with(scheme=root.scheme, host=root.host, port=root.port)
     request.headers["Host"] = root.netloc.decode("ascii")
-    if lease.api_key:
-        request.headers["Authorization"] = f"Bearer {lease.api_key}"
-    else:
-        request.headers.pop("Authorization", None)
+    request.headers.pop("Authorization", None)
+    request.headers.update(_http.bearer_headers(lease.api_key))
 
 
 class ReleasingAsyncStream(httpx.AsyncByteStream):

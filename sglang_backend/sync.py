@@ -203,7 +203,7 @@ def _run_portal(ready: Future[tuple[BlockingPortal, asyncio.AbstractEventLoop]])
             raise
 
 
-class _Runtime:
+class _FacadeLoop:
     """What the finalizer needs (never the facade itself)."""
 
     def __init__(self, model: AsyncSGLangModel) -> None:
@@ -250,7 +250,7 @@ class _Runtime:
         self.close()
 
 
-_RUNTIMES: weakref.WeakSet[_Runtime] = weakref.WeakSet()
+_RUNTIMES: weakref.WeakSet[_FacadeLoop] = weakref.WeakSet()
 _PARENT_PID = os.getpid()
 
 
@@ -472,7 +472,7 @@ class SGLangModel:
             server=server, on_event=on_event, connect_timeout=connect_timeout,
         )
         self._user_counter = token_counter
-        self._runtime = _Runtime(self._async)
+        self._runtime = _FacadeLoop(self._async)
         self._finalizer = weakref.finalize(self, self._runtime.finalize)
         self._blocking = BlockingRequestPath(self._async.request_path, self._runtime.portal)
         self._sdk_cache: tuple[tuple[object, str, str | None], openai.OpenAI] | None = None

@@ -31,7 +31,6 @@ from sglang_backend.testing._events import LOG_DATEFMT, EventLog, setup_logging
 
 __all__ = ["main"]
 
-READY_LINE = "The server is fired up and ready to roll!"
 _CHILD_SCRIPT = str(Path(__file__).resolve().with_name("_child.py"))
 _CHILD_READY_TIMEOUT = 20.0
 

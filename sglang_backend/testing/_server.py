@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 import uvicorn.config
 
+from sglang_backend._log_lines import READY_LINE
 from sglang_backend.testing._app import WARMUP_HEADER, ServerState, build_app, env_health_generation
 from sglang_backend.testing._cli import StandinArgs
 from sglang_backend.testing._events import LOG_DATEFMT
@@ -28,7 +29,6 @@ __all__ = ["configure_uvicorn_logging", "serve"]
 logger = logging.getLogger("sglang.srt.entrypoints.http_server")
 access_logger = logging.getLogger("uvicorn.access")
 
-READY_LINE = "The server is fired up and ready to roll!"
 WARMUP_BODY = {
     "text": "The capital city of France is",
     "sampling_params": {"temperature": 0, "max_new_tokens": 8},
@@ -128,8 +128,8 @@ async def _http(
     return status, data.split(b"\r\n\r\n", 1)[-1]
 
 
-class _Runtime:
-    """Everything alive while the HTTP server runs."""
+class _HttpServerRun:
+    """One run of the stand-in's HTTP server: everything alive while it serves."""
 
     def __init__(self, launcher: Launcher, sock: socket.socket) -> None:
         self.launcher = launcher
@@ -273,7 +273,7 @@ class _Runtime:
 
 def serve(launcher: Launcher, sock: socket.socket) -> int:
     """Run the HTTP server on *sock* until it stops; return the exit code."""
-    runtime = _Runtime(launcher, sock)
+    runtime = _HttpServerRun(launcher, sock)
     loop = _loop_factory()()
     asyncio.set_event_loop(loop)
     try:

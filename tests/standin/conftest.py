@@ -18,10 +18,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from sglang_backend._log_lines import READY_LINE
 from sglang_backend.testing import standin_command
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-READY_LINE = "The server is fired up and ready to roll!"
 MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 
 
