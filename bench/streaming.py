@@ -4,7 +4,8 @@ One stream at a time (concurrency 1), ``max_tokens=500``. The stand-in echoes at
 of the prompt and then emits EOS, so a long prompt alone gives ~80 tokens: the request also
 sets SGLang's ``ignore_eos`` sampling parameter, and ``usage.completion_tokens`` is checked to
 be 500. Variants: raw ``AsyncOpenAI`` stream, ``AsyncSGLangModel`` stream (``ChatStream``),
-and ``SGLangModel``'s blocking iterator (one portal round trip per chunk). Rounds interleave;
+``SGLangModel``'s blocking iterator, and the blocking ``openai.OpenAI`` stream (the control
+the iterator is held to; both read in a worker thread). Rounds interleave;
 per-chunk figures are client CPU (``time.process_time()``) and wall time divided by chunks.
 """
 
@@ -70,7 +71,26 @@ async def measure(url: str, quick: bool, log: Callable[[str], None] = print) -> 
     async def sync_stream() -> tuple[int, int]:
         return await asyncio.to_thread(sync_stream_blocking)
 
-    variants = {"raw_openai": raw_stream, "model": model_stream, "sync_model": sync_stream}
+    raw_sync = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY)
+
+    def raw_sync_stream_blocking() -> tuple[int, int]:
+        chunks, tokens = 0, 0
+        stream = raw_sync.chat.completions.create(
+            model=common.MODEL, messages=PROMPT,  # type: ignore[arg-type]
+            max_tokens=TOKENS, stream=True, stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        )
+        for chunk in stream:
+            chunks += 1
+            if chunk.usage is not None:
+                tokens = chunk.usage.completion_tokens
+        return chunks, tokens
+
+    async def raw_sync_stream() -> tuple[int, int]:
+        return await asyncio.to_thread(raw_sync_stream_blocking)
+
+    variants = {"raw_openai": raw_stream, "model": model_stream, "sync_model": sync_stream,
+                "raw_sync_openai": raw_sync_stream}
     data: dict[str, dict[str, list[float]]] = {
         name: {"cpu_us_per_chunk": [], "wall_us_per_chunk": [], "chunks": [], "tokens": []}
         for name in variants
@@ -98,11 +118,13 @@ async def measure(url: str, quick: bool, log: Callable[[str], None] = print) -> 
                 f"{n}={data[n]['cpu_us_per_chunk'][-1]:.1f}µs/chunk" for n in variants))
     finally:
         await raw.close()
+        raw_sync.close()
         await model.aclose()
         await asyncio.to_thread(sync_model.close)
     base_cpu = data["raw_openai"]["cpu_us_per_chunk"]
     out: dict[str, Any] = {"streams_per_round": streams, "rounds": rounds,
                            "max_tokens": TOKENS, "variants": {}}
+    sync_base = data["raw_sync_openai"]["cpu_us_per_chunk"]
     for name, series in data.items():
         out["variants"][name] = {
             "cpu_us_per_chunk": common.summary(series["cpu_us_per_chunk"], 2),
@@ -114,4 +136,7 @@ async def measure(url: str, quick: bool, log: Callable[[str], None] = print) -> 
             "cpu_ratio": common.summary(
                 [a / b for a, b in zip(series["cpu_us_per_chunk"], base_cpu, strict=True)], 3),
         }
+    # The blocking iterator against the blocking SDK's own stream, paired by round.
+    out["variants"]["sync_model"]["cpu_vs_blocking_sdk"] = common.summary(
+        [a / b for a, b in zip(data["sync_model"]["cpu_us_per_chunk"], sync_base, strict=True)], 3)
     return out

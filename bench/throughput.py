@@ -37,6 +37,8 @@ import common
 BASELINE = "raw_openai"
 ALL = ["raw_http", "raw_openai", "model_url", "model_url_key", "model_launched",
        "raw_openai_launched", "sync_pool", "raw_sync_pool"]
+# Variants also compared with a control of their own kind (paired by round).
+CONTROLS = {"sync_pool": "raw_sync_pool"}
 STANDALONE = ["raw_http", "raw_openai", "model_url", "model_url_key", "sync_pool",
               "raw_sync_pool"]
 
@@ -299,6 +301,13 @@ def _summarize(raw: dict[int, dict[str, dict[str, list[float]]]]) -> dict[str, A
                     [a / b for a, b in zip(series["rps"], base["rps"], strict=True)], 3)
                 entry["cpu_ratio"] = common.summary(
                     [a / b for a, b in zip(series["cpu_us"], base["cpu_us"], strict=True)], 3)
+            control = per.get(CONTROLS.get(name, ""))
+            if control is not None:  # the facade against the blocking SDK, paired by round
+                entry["vs_control"] = CONTROLS[name]
+                entry["rps_vs_control"] = common.summary(
+                    [a / b for a, b in zip(series["rps"], control["rps"], strict=True)], 3)
+                entry["cpu_vs_control"] = common.summary(
+                    [a / b for a, b in zip(series["cpu_us"], control["cpu_us"], strict=True)], 3)
             row[name] = entry
         out[str(conc)] = row
     return out
