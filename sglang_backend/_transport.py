@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
 from . import _http
+from ._backend import log_failure
 from ._lease import Lease, RequestPath
 
 __all__ = ["LeaseFactory", "LeasedAsyncTransport", "LeasedSyncTransport", "LoopPortal",
@@ -26,7 +26,6 @@ __all__ = ["LeaseFactory", "LeasedAsyncTransport", "LeasedSyncTransport", "LoopP
 httpx = _http.httpx
 T = TypeVar("T")
 _ATTEMPTS = 2
-logger = logging.getLogger("sglang_backend")
 
 #: Where a transport gets each request's lease when the model's own admission is not enough
 #: (a pool first loads the member and holds its slot): a fresh async context manager per
@@ -44,14 +43,10 @@ async def _enter(path: RequestPath, leases: LeaseFactory | None) -> tuple[Lease,
 
     def release() -> None:
         task = asyncio.ensure_future(context.__aexit__(None, None, None))
-        task.add_done_callback(_log_failure)
+        task.add_done_callback(log_failure)
 
     return lease, release
 
-
-def _log_failure(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("releasing a lease failed", exc_info=task.exception())
 
 
 def _retarget(request: Any, lease: Lease) -> None:

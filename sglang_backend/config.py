@@ -3,6 +3,9 @@
 Both are pydantic models, validated at construction. A bad value raises
 :class:`~sglang_backend.errors.ConfigError` naming the field, so mistakes surface before any
 process is started or request sent.
+
+Over 500 lines because ServerConfig's fields carry their documentation (the reference page is
+rendered from their descriptions) and its flag rendering sits next to the fields it renders.
 """
 
 from __future__ import annotations

@@ -37,6 +37,10 @@ Pool events reach ``on_event`` as :class:`~sglang_backend.server.ServerEvent` wi
 ``load_failed``, ``evicting``, ``evicted`` (``reason``, ``for_model``, ``duration``,
 ``how``: ``"stop"`` or ``"sleep"``), ``unloaded`` (the member stopped on its own: idle or crash),
 and every event of the members' own servers, tagged the same way.
+
+Over 500 lines: the policy is one class on purpose; every decision (admit, evict, load) is
+taken on the loop with no ``await`` between its check and its change, and that is easiest to
+see, and keep, in one place.
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ What routers do not route (smg answers 404 for ``/tokenize``, ``/abort_request``
 ``/metrics``) goes to the workers directly: :meth:`RouterGroup.direct_urls` names the healthy
 ones, :meth:`RouterGroup.metrics_urls` every metrics endpoint. The library drives the
 router's balancer; it does not balance requests itself.
+
+Over 500 lines: one class, the group's whole life (launch, readiness, a worker's crash and
+relaunch, workers added and drained), whose steps share its locks and its member table.
 """
 
 from __future__ import annotations

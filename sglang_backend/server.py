@@ -21,34 +21,44 @@ refuses a move the diagram does not have. Rules:
   the stop to finish and relaunches the server.
 * Cancelling every waiter of a start cancels the start, which kills the half-started tree.
 * The API key never appears in logs or errors.
+
+This module is :class:`LaunchedServer`, one state machine; it is over 500 lines because that
+machine has start, crash, hang, stop and the warm sleep, each a few methods. The states, the
+events and the :class:`Backend` interface are in ``_backend``; connect mode is ``_remote``.
 """
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import contextlib
-import enum
 import logging
 import secrets
-import socket
-import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import _http
+from ._backend import (
+    Backend,
+    EventCallback,
+    PortReservation,
+    Recovery,
+    ServerEvent,
+    ServerState,
+    log_failure,
+    own_copy,
+    server_url,
+)
 from ._diagnose import check_before_launch
-from ._health import answers_health, poll_until
 from ._process import Phase, ServerProcess, describe_returncode
+from ._remote import RemoteServer
 from ._secrets import PrivateArgsFile
 from ._supervised import SupervisedTree
 from ._translate import check_response
 from .config import ServerConfig
 from .errors import (
     ModelClosedError,
-    PortInUseError,
     ServerCrashedError,
     ServerError,
     ServerHungError,
@@ -58,23 +68,12 @@ from .errors import (
 from .router import RouterGroup, WorkerInfo
 from .watchdog import DirectTraffic, InactivityWatchdog
 
-__all__ = ["Backend", "LaunchedServer", "PortReservation", "Recovery", "RemoteServer", "ServerEvent",
-           "ServerState"]
+# The backend's names are re-exported: ``from sglang_backend.server import ServerState`` is the
+# documented spelling.
+__all__ = ["Backend", "EventCallback", "LaunchedServer", "PortReservation", "Recovery",
+           "RemoteServer", "ServerEvent", "ServerState"]
 
 logger = logging.getLogger("sglang_backend.server")
-
-
-class ServerState(str, enum.Enum):
-    """Where a model's server is in its lifecycle."""
-
-    CREATED = "created"
-    STARTING = "starting"
-    READY = "ready"
-    SLEEPING = "sleeping"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-    FAILED = "failed"
-    CLOSED = "closed"
 
 
 _S = ServerState
@@ -92,65 +91,6 @@ _NEXT: Mapping[ServerState, frozenset[ServerState]] = {
 _CLOSABLE = frozenset(state for state, after in _NEXT.items() if _S.CLOSED in after)
 
 
-@dataclass(frozen=True)
-class Recovery:
-    """A backend's verdict on a request that failed in transport (:meth:`Backend.recover`)."""
-
-    resend: bool = False
-    """The request may be sent again: it never reached a dead server, or the server is back."""
-    error: SGLangError | None = None
-    """The typed error to raise instead: the server died with the request, the model closed."""
-
-
-@dataclass(frozen=True)
-class ServerEvent:
-    """Something that happened to the server, passed to ``on_event`` and logged.
-
-    ``kind`` is one of:
-
-    * ``launching`` / ``relaunching`` — a server (or router group) is being started;
-    * ``download`` — the model is downloaded before the launch (``detail``: ``phase`` one of
-      ``start``/``progress``/``done``, ``bytes``, ``total_bytes``, ``files``, ``total_files``);
-    * ``phase`` — a startup phase seen in the log (``detail``: ``phase``, ``elapsed``, ``line``);
-    * ``ready`` — ready to serve (``detail["duration"]``: launch to ready, in seconds);
-    * ``start_failed`` — the start failed (``detail``: ``error``, ``returncode``);
-    * ``idle_stopped`` / ``stopped`` — stopped by the watchdog / on request, emitted once the
-      state is STOPPED (``detail``: ``returncode``, ``duration``);
-    * ``crashed`` — the server died while serving (``detail["returncode"]``);
-    * ``sleeping`` / ``awake`` — the warm sleep (``ServerConfig.sleep_timeout``): the server's
-      memory was released with the process kept (state SLEEPING) / resumed before the next
-      request was admitted (``detail["duration"]``);
-    * ``start_backoff`` — a second failed start in a row: requests fail fast with the last
-      start error for ``detail["retry_in"]`` seconds (``detail["failures"]`` so far);
-      ``start()`` still tries at once;
-    * ``hung`` — a request timed out and ``/health`` did not answer within
-      ``health_check_timeout``: the server was declared hung (``ServerHungError``), its tree
-      killed (launch mode; the next request relaunches) or, in connect mode, requests fail
-      fast until it answers again;
-    * ``worker_crashed``, ``worker_relaunched``, ``worker_relaunch_failed`` — one local worker
-      of a router group (``detail``: ``worker``, ``url``); the group keeps serving;
-    * ``worker_unhealthy``, ``worker_healthy`` — a worker elsewhere (``worker_urls``,
-      ``add_worker``) left or rejoined the router's rotation (``detail``: ``url``, ``local``);
-    * ``worker_removed`` — ``remove_worker`` drained a worker out of the group (``detail``:
-      ``url``, ``local``; a local one was then stopped);
-    * ``closed`` — the model was closed.
-    """
-
-    kind: str
-    pid: int | None = None
-    base_url: str | None = None
-    detail: Mapping[str, Any] = field(default_factory=dict)
-    time: float = field(default_factory=time.time)
-
-
-EventCallback = Callable[[ServerEvent], None]
-
-
-def _log_failure(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("cleanup failed", exc_info=task.exception())
-
-
 async def _wait_through_cancellation(task: asyncio.Task[Any]) -> None:
     """Wait until ``task`` is done even if the waiter is cancelled again meanwhile.
 
@@ -162,311 +102,6 @@ async def _wait_through_cancellation(task: asyncio.Task[Any]) -> None:
     while not task.done():
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait({task})
-
-
-def _own_copy(exc: BaseException) -> BaseException:
-    """A fresh exception object with the same type, message and attributes as ``exc``."""
-    copy = type(exc).__new__(type(exc), *exc.args)
-    copy.__dict__.update(exc.__dict__)
-    copy.args = exc.args
-    return copy
-
-
-def _connect_host(host: str) -> str:
-    if host in ("0.0.0.0", ""):
-        return "127.0.0.1"
-    if host == "::":
-        return "::1"
-    return host
-
-
-def _url(host: str, port: int) -> str:
-    host = _connect_host(host)
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
-
-
-class PortReservation:
-    """Holds a bound, non-listening socket on the server's port for the model's lifetime.
-
-    SGLang's uvicorn binds with SO_REUSEADDR, which Linux allows next to our socket while ours
-    is not listening; meanwhile no other process is handed this port by ``bind(0)``. So a free
-    port is never raced, and the URL stays the same across idle stops and relaunches.
-    """
-
-    def __init__(self, host: str, port: int | None) -> None:
-        family = socket.AF_INET6 if ":" in _connect_host(host) else socket.AF_INET
-        self._host = host
-        self._sock = socket.socket(family, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self._sock.bind((host, port or 0))
-        except OSError:
-            self._sock.close()
-            raise PortInUseError(host, port or 0) from None
-        self.port: int = self._sock.getsockname()[1]
-
-    def check_free(self) -> None:
-        """Raise PortInUseError if another process now listens on the port."""
-        family = self._sock.family
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((self._host, self.port))
-            except OSError:
-                raise PortInUseError(self._host, self.port) from None
-
-    def close(self) -> None:
-        self._sock.close()
-
-
-class Backend(abc.ABC):
-    """What the model needs from a server: admission, readiness, error classification, and
-    the connections to it.
-
-    The backend owns its HTTP pool (:class:`~sglang_backend._http.ServerPool`): it creates it
-    in :meth:`open`, replaces it for every server run (no keep-alive connection outlives the
-    server it was made to) and closes it in :meth:`aclose`. Only
-    :class:`~sglang_backend._lease.RequestPath` calls ``acquire``/``recover``/``release``.
-    """
-
-    base_url: str
-    api_key: str | None
-    def __init__(self, on_event: EventCallback | None) -> None:
-        self._on_event = on_event
-        self.state = ServerState.CREATED
-        self.inflight = 0
-        self._pool: _http.ServerPool | None = None
-        # Held for a few instructions at a time (never across an await): admission from the
-        # facade's threads against the idle stop on the loop.
-        self._admission = threading.Lock()
-
-    @property
-    def pool(self) -> _http.ServerPool:
-        """The connections of the current server run (after :meth:`open`)."""
-        if self._pool is None:
-            raise ModelClosedError("the server's connections are not open (closed model?)")
-        return self._pool
-
-    @abc.abstractmethod
-    def _pool_url(self) -> str:
-        """The URL the pool will connect to (decides whether a proxy applies)."""
-
-    async def open(self) -> None:
-        """Create the connection pool (in a thread: building an SSL context reads files)."""
-        if self._pool is None:
-            self._pool = await asyncio.to_thread(_http.ServerPool, self._pool_url())
-
-    async def _renew_pool(self) -> None:
-        """A fresh pool for the next server run; the old one is closed."""
-        old = self._pool
-        if old is None or self.state is ServerState.CLOSED:
-            return
-        self._pool = await asyncio.to_thread(_http.ServerPool, self._pool_url())
-        await old.aclose()
-
-    async def _close_pool(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.aclose()
-
-    def emit(self, kind: str, pid: int | None = None, **detail: Any) -> None:
-        event = ServerEvent(kind, pid=pid, base_url=getattr(self, "base_url", None), detail=detail)
-        logger.info("server event %s pid=%s %s", kind, pid, detail or "")
-        if self._on_event is not None:
-            try:
-                self._on_event(event)
-            except Exception:
-                logger.exception("on_event callback raised for %s", kind)
-
-    @property
-    def pid(self) -> int | None:
-        return None
-
-    @abc.abstractmethod
-    async def acquire(self) -> object:
-        """Admit one request (starting the server if needed); return a token for recover()."""
-
-    @property
-    def admin_key(self) -> str | None:
-        """The ``--admin-api-key`` admin endpoints need (SGLang 0.5.23), if the server has one."""
-        return None
-
-    def direct_urls(self) -> list[str]:
-        """Where requests that routers do not route (token counting, ``/abort_request``) go:
-        the server itself, or every healthy worker of a router group."""
-        return [self.base_url]
-
-    def worker_api_key(self, url: str) -> str | None:
-        """The key of the server at ``url`` (one of :meth:`direct_urls`)."""
-        return self.api_key
-
-    def try_acquire(self) -> tuple[bool, object]:
-        """Admit one request now if the server is ready, from any thread; no start, no wait.
-
-        Returns ``(True, token)`` when admitted, ``(False, None)`` when the caller must take
-        the slow path (:meth:`acquire` on the loop). The blocking facade's requests come in
-        here from their own threads, so admission, release and the idle stop's decision are
-        taken under one lock.
-        """
-        return False, None
-
-    def release(self) -> None:
-        """The request admitted by acquire() is over (any thread)."""
-        with self._admission:
-            self.inflight -= 1
-
-    @abc.abstractmethod
-    async def start(self) -> None:
-        """Make the server ready (launch, or check a remote one)."""
-
-    @abc.abstractmethod
-    async def recover(self, token: object, exc: BaseException, *, sent: bool) -> Recovery:
-        """A request on ``token`` failed with a transport error (``sent``: it may have reached
-        the server): may it be sent again, or what typed error says what happened?"""
-
-    async def check_hung(self, token: object) -> ServerHungError | None:
-        """A request on ``token`` timed out: is the server hung? (None: it answers.)
-
-        ``/health`` must answer 200 within the short health-check bound; a server that does
-        not is declared hung.
-        """
-        return None
-
-    async def _answers_health(self, timeout: float) -> bool:
-        try:
-            client = self.pool.client
-        except ModelClosedError:
-            return False
-        return await answers_health(client, f"{self.base_url}/health", timeout=timeout)
-
-    @abc.abstractmethod
-    async def aclose(self) -> None:
-        """Release everything; final."""
-
-
-class RemoteServer(Backend):
-    """Connect mode: a server (or router) someone else runs. Never launched or stopped.
-
-    ``connect_timeout`` bounds how long nothing may listen at the URL: a dead URL fails within
-    it, while a server that answers but is still starting (``/health`` 503) is waited for up
-    to ``startup_timeout``.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        api_key: str | None,
-        *,
-        startup_timeout: float,
-        connect_timeout: float,
-        health_check_timeout: float = 5.0,
-        on_event: EventCallback | None = None,
-    ) -> None:
-        super().__init__(on_event)
-        self.base_url = url
-        self.api_key = api_key
-        self._timeout = startup_timeout
-        self._connect_timeout = connect_timeout
-        self._health_check_timeout = health_check_timeout
-        self._hung = False
-
-    def _pool_url(self) -> str:
-        return self.base_url
-
-    def __repr__(self) -> str:
-        return f"RemoteServer({self.base_url!r}, state={self.state.value})"
-
-    def _auth(self) -> dict[str, str]:
-        return _http.bearer_headers(self.api_key)
-
-    async def acquire(self) -> object:
-        if self.state is ServerState.CLOSED:
-            raise ModelClosedError("the model is closed")
-        if self._hung:
-            # Declared hung by a timed-out request: fail fast until it answers again.
-            if not await self._answers_health(self._health_check_timeout):
-                raise ServerHungError(
-                    f"the server at {self.base_url} still does not answer /health"
-                )
-            self._hung = False
-        with self._admission:
-            self.inflight += 1
-        return None
-
-    def try_acquire(self) -> tuple[bool, object]:
-        if self.state is ServerState.CLOSED or self._hung:
-            return False, None
-        with self._admission:
-            self.inflight += 1
-        return True, None
-
-    async def start(self) -> None:
-        if self.state is ServerState.CLOSED:
-            raise ModelClosedError("the model is closed")
-        await self.wait_healthy(self._timeout)
-        await self._check_key()
-        self.state = ServerState.READY
-        self.emit("ready")
-
-    async def _check_key(self) -> None:
-        """``/health`` needs no key: ask an authenticated endpoint, so a wrong key fails here."""
-        response = await self.pool.client.get(f"{self.base_url}/v1/models", headers=self._auth(),
-                                              timeout=self._connect_timeout + 30.0)
-        if response.status_code in (401, 403):
-            check_response(response)
-
-    async def wait_healthy(self, timeout: float) -> None:
-        refused_since: float | None = None
-        last: str = "no answer"
-
-        async def healthy() -> bool:
-            nonlocal refused_since, last
-            try:
-                response = await self.pool.client.get(f"{self.base_url}/health", timeout=30.0)
-                if response.status_code == 200:
-                    return True
-                last = f"/health answered {response.status_code}"
-                refused_since = None  # something answers: it may be starting
-            except _http.httpx.TransportError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                refused_since = time.monotonic() if refused_since is None else refused_since
-            if refused_since is not None and time.monotonic() - refused_since >= self._connect_timeout:
-                raise ServerUnavailableError(
-                    f"nothing answers at {self.base_url} (connect timeout "
-                    f"{self._connect_timeout:g} s; {last})"
-                )
-            return False
-
-        if not await poll_until(healthy, first=0.05, cap=1.0, timeout=timeout):
-            raise ServerUnavailableError(
-                f"the server at {self.base_url} was not healthy within {timeout:g} s ({last})"
-            )
-
-    async def recover(self, token: object, exc: BaseException, *, sent: bool) -> Recovery:
-        if sent:
-            return Recovery()
-        # Not connected: the server may be restarting; wait on its health, then retry once.
-        try:
-            await self.wait_healthy(self._timeout)
-        except SGLangError as unavailable:
-            return Recovery(error=unavailable)
-        return Recovery(resend=True)
-
-    async def check_hung(self, token: object) -> ServerHungError | None:
-        if await self._answers_health(self._health_check_timeout):
-            return None
-        self._hung = True
-        self.emit("hung", health_check_timeout=self._health_check_timeout)
-        return ServerHungError(
-            f"the server at {self.base_url} stopped answering: a request timed out and /health "
-            f"gave no 200 within {self._health_check_timeout:g} s"
-        )
-
-    async def aclose(self) -> None:
-        self.state = ServerState.CLOSED
-        await self._close_pool()
 
 
 @dataclass
@@ -530,8 +165,8 @@ class LaunchedServer(Backend):
         self._secret_file = PrivateArgsFile(config.secret_args(self.api_key))
         self.base_url = ""
 
-    def _pool_url(self) -> str:
-        return self.base_url or _url(self.config.host, self.config.port or 0)
+    def _poolserver_url(self) -> str:
+        return self.base_url or server_url(self.config.host, self.config.port or 0)
 
     @property
     def admin_key(self) -> str | None:
@@ -590,7 +225,7 @@ class LaunchedServer(Backend):
         self._watchdog.stop()
         self._set_state(ServerState.FAILED, event=event, pid=process.pid, **detail)
         self._tasks.cleanup = asyncio.ensure_future(self._after_crash(process))
-        self._tasks.cleanup.add_done_callback(_log_failure)
+        self._tasks.cleanup.add_done_callback(log_failure)
 
     # -- observable state -------------------------------------------------------------
     @property
@@ -664,7 +299,7 @@ class LaunchedServer(Backend):
         if self._tasks.start is None:
             last = self._backing_off()
             if last is not None:
-                raise _own_copy(last) from last
+                raise own_copy(last) from last
             self._tasks.start = asyncio.ensure_future(self._start())
             self._tasks.start.add_done_callback(self._start_done)
         task = self._tasks.start
@@ -680,7 +315,7 @@ class LaunchedServer(Backend):
         except Exception as exc:
             # Each waiter gets its own exception object (one shared instance would gather every
             # waiter's traceback), chained to the start's own.
-            raise _own_copy(exc) from exc
+            raise own_copy(exc) from exc
         finally:
             self._start_waiters -= 1
 
@@ -729,7 +364,7 @@ class LaunchedServer(Backend):
         self.error = None
         if self._reservation is None:
             self._reservation = PortReservation(self.config.host, self.config.port)
-            self.base_url = _url(self.config.host, self._reservation.port)
+            self.base_url = server_url(self.config.host, self._reservation.port)
         else:
             self._reservation.check_free()
         # Reported once the port is known to be ours (a taken port fails without a launch).
@@ -796,7 +431,7 @@ class LaunchedServer(Backend):
             self.model_path, self.config, api_key=self.api_key, client=self.pool.client,
             router_port=self._reservation.port, router_url=self.base_url,
             worker_ports=[r.port for r in self._worker_reservations],
-            worker_urls=[_url(self.config.host, r.port) for r in self._worker_reservations],
+            worker_urls=[server_url(self.config.host, r.port) for r in self._worker_reservations],
             emit=self.emit, on_phase=self._phase,
             # The router's Prometheus listener: loopback, a free port (theirs is 0.0.0.0:29000).
             metrics=PortReservation(self.config.router_metrics_host,

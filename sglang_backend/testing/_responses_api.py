@@ -19,6 +19,10 @@
 The "model" is the stand-in's (``_engine``): it echoes the last user message, calls the
 tools the user names, answers a tool result. Unlike chat, it never calls an unnamed tool:
 the Responses API has no ``seed``, and its default temperature would make such calls random.
+
+A little over 500 lines: the plain and the streamed answer share one plan and must stay
+twins; the item shapes and the request model are in ``_responses_items`` and
+``_responses_protocol``.
 """
 
 from __future__ import annotations
