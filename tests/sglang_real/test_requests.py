@@ -109,7 +109,8 @@ async def test_defaults_leave_sglang_defaults(capture: CaptureServer) -> None:
     # The rid is not a sampling setting: it names the request so a cancel can abort it.
     assert set(body) == {"model", "messages", "rid"}, "the library must not invent sampling defaults"
     request = sglang_request(body)
-    assert isinstance(request.rid, str) and request.rid == body["rid"]
+    assert isinstance(request.rid, str)
+    assert request.rid == body["rid"]
     params = sampling(request)
     assert params["temperature"] == 1.0
     assert params["max_new_tokens"] is None  # SGLang then allows the rest of the context
