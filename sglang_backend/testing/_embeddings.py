@@ -20,13 +20,18 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from sglang_backend.testing import _tokenizer as tok
 from sglang_backend.testing._checks import check_context
 from sglang_backend.testing._lora import parse_model
-from sglang_backend.testing._protocol import validation_message
-from sglang_backend.testing._replies import BadRequest, JSONResponse, json_body, native_error, openai_error
+from sglang_backend.testing._replies import (
+    BadRequest,
+    JSONResponse,
+    native_error,
+    openai_error,
+    validated_body,
+)
 from sglang_backend.testing._requests_registry import new_rid
 from sglang_backend.testing._state import ServerState
 
@@ -125,11 +130,9 @@ def register(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Response:
         try:
-            req = EmbeddingRequest.model_validate(await json_body(request))
+            req = await validated_body(request, EmbeddingRequest)
         except BadRequest as exc:
             return openai_error(exc.message, exc.err_type)
-        except ValidationError as exc:
-            return openai_error(validation_message(exc), "Bad Request")
         problem = _validate(req)
         if problem is not None:
             return openai_error(problem)

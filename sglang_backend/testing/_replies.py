@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
+
+from sglang_backend.testing._protocol import validation_message
+
+BodyT = TypeVar("BodyT", bound=BaseModel)
 
 __all__ = [
     "DONE",
@@ -76,6 +81,15 @@ async def json_body(request: Request) -> Any:
             f"'loc': ('body', {getattr(exc, 'pos', 0)}), 'msg': 'JSON decode error'}}",
             "Bad Request",
         ) from exc
+
+
+async def validated_body(request: Request, model: type[BodyT]) -> BodyT:
+    """The JSON body validated as ``model``; BadRequest ("Bad Request", pydantic's wording, as
+    SGLang's request validation answers) when it is not JSON or not valid."""
+    try:
+        return model.model_validate(await json_body(request))
+    except ValidationError as exc:
+        raise BadRequest(validation_message(exc), "Bad Request") from exc
 
 
 def sse(obj: Any) -> bytes:

@@ -60,8 +60,7 @@ from sglang_backend.testing._engine import (
     tool_calls_text,
 )
 from sglang_backend.testing._lora import parse_model
-from sglang_backend.testing._protocol import validation_message
-from sglang_backend.testing._replies import BadRequest, JSONResponse, json_body
+from sglang_backend.testing._replies import BadRequest, JSONResponse, validated_body
 from sglang_backend.testing._requests_registry import ABORT_FINISH
 from sglang_backend.testing._responses_items import (
     EventWriter,
@@ -414,11 +413,9 @@ def register(app: FastAPI, state: ServerState) -> None:
     async def create(request: Request) -> Response:
         crash = state.count_request(request)
         try:
-            req = ResponsesRequest.model_validate(await json_body(request))
+            req = await validated_body(request, ResponsesRequest)
         except BadRequest as exc:
             return error_body(exc.message, err_type="Bad Request")
-        except ValidationError as exc:
-            return error_body(validation_message(exc), err_type="Bad Request")
         if crash:
             await state.crash_now()
         created = int(time.time())

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from sglang_backend.testing._engine import (
     Generation,
@@ -18,10 +18,9 @@ from sglang_backend.testing._engine import (
 from sglang_backend.testing._protocol import (
     ChatCompletionRequest,
     CompletionRequest,
-    validation_message,
 )
 from sglang_backend.testing._replies import BadRequest as _BadRequest
-from sglang_backend.testing._replies import json_body, openai_error
+from sglang_backend.testing._replies import openai_error, validated_body
 from sglang_backend.testing._state import ServerState
 
 __all__ = ["Reply", "RouteContext", "off_loop", "stop_regex", "usage_body"]
@@ -47,11 +46,9 @@ class RouteContext:
         """The request body as ``model``, or SGLang's 400 (after the crash, if this request
         is the one that must crash the server)."""
         try:
-            return model.model_validate(await json_body(request))
+            return await validated_body(request, model)
         except _BadRequest as exc:
             error = openai_error(exc.message, exc.err_type)
-        except ValidationError as exc:
-            error = openai_error(validation_message(exc), "Bad Request")
         if crash:
             await self.state.crash_now()
         raise Reply(error)

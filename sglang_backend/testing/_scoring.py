@@ -36,8 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sglang_backend.testing import _tokenizer as tok
 from sglang_backend.testing._checks import check_context
 from sglang_backend.testing._embeddings import NOT_EMBEDDING, embed
-from sglang_backend.testing._protocol import validation_message
-from sglang_backend.testing._replies import BadRequest, JSONResponse, json_body, openai_error
+from sglang_backend.testing._replies import BadRequest, JSONResponse, openai_error, validated_body
 from sglang_backend.testing._requests_registry import new_rid
 from sglang_backend.testing._state import ServerState
 
@@ -382,11 +381,9 @@ def register(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/score")
     async def score(request: Request) -> Response:
         try:
-            req = ScoringRequest.model_validate(await json_body(request))
+            req = await validated_body(request, ScoringRequest)
         except BadRequest as exc:
             return openai_error(exc.message, exc.err_type)
-        except ValidationError as exc:
-            return openai_error(validation_message(exc), "Bad Request")
         rid = new_rid()
         state.enter(rid, "score", request)
         try:
@@ -401,11 +398,9 @@ def register(app: FastAPI, state: ServerState) -> None:
 
     async def rerank(request: Request) -> Response:
         try:
-            req = V1RerankReqInput.model_validate(await json_body(request))
+            req = await validated_body(request, V1RerankReqInput)
         except BadRequest as exc:
             return openai_error(exc.message, exc.err_type)
-        except ValidationError as exc:
-            return openai_error(validation_message(exc), "Bad Request")
         problem = _rerank_problem(req)
         if problem is not None:
             return openai_error(problem)
