@@ -548,11 +548,13 @@ class LaunchedServer(Backend):
         released (the process kept; the next request wakes it). False when it is not ready
         and idle, or the release failed (it then stays awake and serving)."""
         task = self._begin_sleep()
-        if task is None and self.state is ServerState.SLEEPING:
-            task = self._tasks.sleep  # already falling asleep: the same release
+        if task is None:
+            if self.state is not ServerState.SLEEPING:
+                return False
+            task = self._tasks.sleep  # already asleep, or falling asleep: the same release
             if task is None:
                 return True
-        return await asyncio.shield(task) if task is not None else False
+        return await asyncio.shield(task)
 
     async def _memory_call(self, path: str) -> None:
         """POST ``path`` to every server of the run (each worker of a group), admin key first."""
